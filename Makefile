@@ -1,0 +1,40 @@
+# One-command set-up and the two jobs the README names.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tether-installed
+APT_PACKAGES := libegl1 libgl1 libosmesa6 libgles2 libusb-1.0-0
+EXTRAS := sim,ros,runtime,dev
+export MUJOCO_GL ?= egl
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+
+.PHONY: install test test-slow demo bench typecheck clean system-deps
+
+install: $(STAMP)
+
+# Re-runs only when packaging changes or a module is added/removed (folder mtimes): the strict
+# editable install links each file, and a second `make install` does nothing.
+PACKAGE_DIRS := core sim teleop policy_runtime calibration ros2_ws/src/tether_ros/tether_ros
+$(STAMP): pyproject.toml Makefile ros2_ws/src/tether_ros/setup.py scripts/system_deps.sh $(PACKAGE_DIRS)
+	bash scripts/system_deps.sh $(APT_PACKAGES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]" --config-settings editable_mode=strict
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e ros2_ws/src/tether_ros --config-settings editable_mode=strict
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+demo: install
+	$(BIN)/tether sim expert --episodes 10 --seed 0 --json runs/demo/expert.json
+	$(BIN)/tether sim view --episodes 1 --seed 0 --out runs/demo/demo.mp4
+
+typecheck: install
+	$(BIN)/python -m mypy core sim
+
+clean:
+	rm -rf $(VENV) build *.egg-info

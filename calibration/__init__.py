@@ -1,0 +1,1 @@
+"""Calibration: camera intrinsics, hand-eye, joint offsets, system identification."""

@@ -1,0 +1,74 @@
+"""Typed exceptions. Every tether error derives from :class:`TetherError`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class TetherError(Exception):
+    """Root of all tether errors."""
+
+
+def _choices(valid: Iterable[str]) -> str:
+    return ", ".join(sorted(valid)) or "(none)"
+
+
+class ConfigError(TetherError):
+    """A config or profile file is malformed."""
+
+
+class UnknownKeyError(ConfigError):
+    def __init__(self, where: str, key: str, valid: Iterable[str]) -> None:
+        super().__init__(f"{where}: unknown key '{key}'; valid keys: {_choices(valid)}")
+        self.key = key
+
+
+class MissingKeyError(ConfigError):
+    def __init__(self, where: str, key: str) -> None:
+        super().__init__(f"{where}: missing required key '{key}'")
+        self.key = key
+
+
+class ProfileNotFoundError(ConfigError):
+    def __init__(self, name: str, valid: Iterable[str]) -> None:
+        super().__init__(f"unknown robot profile '{name}'; available: {_choices(valid)}")
+
+
+class UnknownJointError(TetherError):
+    def __init__(self, where: str, joint: str, valid: Iterable[str]) -> None:
+        super().__init__(f"{where}: unknown joint '{joint}'; valid joints: {', '.join(valid)}")
+        self.joint = joint
+
+
+class MissingJointError(ConfigError):
+    def __init__(self, where: str, joint: str, valid: Iterable[str]) -> None:
+        super().__init__(f"{where}: joint '{joint}' is not in the URDF; URDF joints: {', '.join(valid)}")
+        self.joint = joint
+
+
+class URDFNotFoundError(ConfigError):
+    def __init__(self, source: str, searched: Iterable[str]) -> None:
+        places = "\n  ".join(searched) or "(nowhere)"
+        super().__init__(f"URDF '{source}' not found; searched:\n  {places}")
+
+
+class CameraPoseError(ConfigError):
+    """A camera pose in a profile does not parse."""
+
+
+class UnknownCameraError(TetherError):
+    def __init__(self, camera: str, valid: Iterable[str]) -> None:
+        super().__init__(f"unknown camera '{camera}'; cameras: {_choices(valid)}")
+
+
+class UnknownTaskError(TetherError):
+    def __init__(self, task: str, valid: Iterable[str]) -> None:
+        super().__init__(f"unknown task '{task}'; tasks: {_choices(valid)}")
+
+
+class RenderingUnavailableError(TetherError):
+    """No offscreen OpenGL context (EGL or OSMesa) could be created."""
+
+
+class IKError(TetherError):
+    """Inverse kinematics did not converge."""

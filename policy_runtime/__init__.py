@@ -1,0 +1,1 @@
+"""Policy runtime: ONNX inference, chunk scheduling, export and quantization."""

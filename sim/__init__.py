@@ -1,0 +1,1 @@
+"""MuJoCo digital twin: model building, tasks, rendering, scripted experts and sim evaluation."""

@@ -1,0 +1,1 @@
+"""Teleoperation: input devices, human/policy arbitration, intervention labels, episode recording."""
