@@ -72,3 +72,19 @@ class RenderingUnavailableError(TetherError):
 
 class IKError(TetherError):
     """Inverse kinematics did not converge."""
+
+
+class UnknownFrameError(TetherError):
+    def __init__(self, robot: str, frame: str, valid: Iterable[str]) -> None:
+        super().__init__(f"robot '{robot}': unknown frame '{frame}'; valid frames: {', '.join(valid)}")
+        self.frame = frame
+
+
+class JointVectorError(TetherError, ValueError):
+    """A joint vector has the wrong length for the robot."""
+
+    def __init__(self, robot: str, shape: tuple[int, ...], joints: list[str]) -> None:
+        super().__init__(
+            f"robot '{robot}': expected a joint vector of {len(joints)} values "
+            f"({', '.join(joints)}), got shape {shape}"
+        )

@@ -1,0 +1,198 @@
+"""The gate: the one path from action sources to a robot's command topic.
+
+ROS-free core of the gate node. Sources hand in chunks; the gate keeps the
+active source's chunk in a JTC-semantics follower, samples it at a fixed rate,
+runs the safety filter and returns the command to stream. It holds position
+when joint states go stale, when the active source falls silent, or while an
+e-stop is latched.
+
+Convention: tether's action sources stamp a chunk with the capture time of the
+observation it was computed from, so ``publish time - chunk.start`` is the
+observation-to-command latency.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tether.errors import ConfigError, UnknownJointError
+from tether.robot_profile import RobotProfile
+from tether.safety import ChunkRejected, SafetyFilter, SafetyLimits, validate_chunk
+from tether.trajectory import TrajectoryFollower
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    rate_hz: float = 200.0
+    state_timeout: float = 0.1  # s; older joint states are not trusted
+    source_timeout: float = 0.5  # s; a silent active source makes the gate hold
+    max_step: float = 0.35  # rad; how far a command may lead the measured state
+    sources: list[str] = field(default_factory=lambda: ["expert", "policy", "teleop"])
+    active_source: str = "expert"
+
+    def __post_init__(self) -> None:
+        if self.active_source not in self.sources:
+            raise ConfigError(f"active_source '{self.active_source}' is not one of the sources {self.sources}")
+        if self.rate_hz <= 0 or self.state_timeout <= 0 or self.source_timeout <= 0:
+            raise ConfigError("rate_hz, state_timeout and source_timeout must be positive")
+
+
+@dataclass(frozen=True)
+class GateCommand:
+    positions: np.ndarray
+    hold: bool
+    reason: str  # "tracking" or why the gate holds
+
+
+class Gate:
+    def __init__(self, profile: RobotProfile, config: GateConfig | None = None) -> None:
+        self.profile = profile
+        self.config = config or GateConfig()
+        self.period = 1.0 / self.config.rate_hz
+        self.filter = SafetyFilter(SafetyLimits.from_profile(profile, self.config.max_step))
+        self.active_source = self.config.active_source
+        self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._follower: TrajectoryFollower | None = None
+        self._measured: np.ndarray | None = None
+        self._state_stamp = -np.inf
+        self._last_chunk_rx = -np.inf
+        self._pending_obs: float | None = None
+        self._estop = False
+        self._hold_q: np.ndarray | None = None
+        self._hold_reason = ""
+
+    # --- inputs -------------------------------------------------------------
+    def on_joint_state(self, names: Sequence[str], positions: Sequence[float], stamp: float) -> None:
+        index = {n: i for i, n in enumerate(names)}
+        for joint in self.profile.joint_names:
+            if joint not in index:
+                self.counters["joint_state_rejected"] += 1
+                raise UnknownJointError("joint_states (missing)", joint, list(names))
+        q = np.array([positions[index[j]] for j in self.profile.joint_names], dtype=float)
+        if not np.all(np.isfinite(q)):
+            self.counters["joint_state_rejected"] += 1
+            raise ChunkRejected("non_finite", "joint_states contain NaN or inf")
+        self._measured, self._state_stamp = q, stamp
+
+    def on_chunk(
+        self,
+        source: str,
+        joint_names: Sequence[str],
+        start: float,
+        times: Sequence[float],
+        positions: Sequence[Sequence[float]],
+        now: float,
+    ) -> bool:
+        """Accept a chunk; returns False when ``source`` is not the active one. Raises ChunkRejected."""
+        if source not in self.config.sources:
+            raise ChunkRejected("unknown_source", f"unknown source '{source}'; sources: {self.config.sources}")
+        try:
+            chunk, clamped = validate_chunk(self.profile, joint_names, start, times, positions)
+        except ChunkRejected as exc:
+            self.counters[f"rejected_{exc.reason}"] += 1
+            raise
+        self.counters["clamped_values"] += clamped
+        if source != self.active_source:
+            return False
+        if self._follower is None:
+            self._follower = TrajectoryFollower(self._anchor(), now)
+        self._follower.command(chunk, now)
+        self._last_chunk_rx = now
+        self._pending_obs = start
+        self.counters["chunks"] += 1
+        return True
+
+    # --- control ------------------------------------------------------------
+    def estop(self) -> None:
+        if not self._estop:
+            self.counters["estops"] += 1
+        self._estop = True
+
+    def clear_estop(self) -> None:
+        self._estop = False
+
+    @property
+    def estopped(self) -> bool:
+        return self._estop
+
+    def reset(self) -> None:
+        """Forget the active trajectory and re-anchor on the measured state (after a robot reset)."""
+        self._follower = None
+        self._pending_obs = None
+        self._last_chunk_rx = -np.inf
+        if self._measured is not None:
+            self.filter.reset(self._measured)
+        self._hold_q = None
+
+    def set_active_source(self, source: str) -> None:
+        if source not in self.config.sources:
+            raise ConfigError(f"unknown source '{source}'; sources: {self.config.sources}")
+        self.active_source = source
+        self._follower = None
+
+    def tick(self, now: float) -> GateCommand | None:
+        """The command to stream now, or None before the first joint state."""
+        if self._measured is None:
+            return None
+        reason = self._hold_cause(now)
+        if reason:
+            return self._hold(reason)
+        assert self._follower is not None
+        desired = self._follower.sample(now + self.period)
+        out = self.filter(desired, self._measured, self.period)
+        self._hold_q, self._hold_reason = None, ""
+        self.counters["commands"] += 1
+        if self._pending_obs is not None:
+            if now >= self._pending_obs:
+                self.latencies.append(now - self._pending_obs)
+            self._pending_obs = None
+        return GateCommand(out, hold=False, reason="tracking")
+
+    def _hold_cause(self, now: float) -> str:
+        if self._estop:
+            return "estop"
+        if now - self._state_stamp > self.config.state_timeout:
+            return "stale_joint_states"
+        if self._follower is None or now - self._last_chunk_rx > self.config.source_timeout:
+            return "source_silent"
+        return ""
+
+    def _hold(self, reason: str) -> GateCommand:
+        if self._hold_q is None or reason != self._hold_reason:
+            self.counters["holds"] += 1
+            self.counters[f"hold_{reason}"] += 1
+            # E-stop freezes where the robot is; other holds keep the last safe command.
+            base = self._measured if reason == "estop" or self.filter.last is None else self.filter.last
+            assert base is not None
+            self._hold_q = base.copy()
+            self._hold_reason = reason
+            self.filter.reset(self._hold_q)
+            self._follower = None
+            self._pending_obs = None
+        self.counters["hold_ticks"] += 1
+        return GateCommand(self._hold_q.copy(), hold=True, reason=reason)
+
+    def _anchor(self) -> np.ndarray:
+        last = self.filter.last
+        if last is not None:
+            return last
+        assert self._measured is not None
+        return self._measured.copy()
+
+    def diagnostics(self) -> dict[str, float | int | str | bool]:
+        lat = np.asarray(self.latencies) * 1e3
+        out: dict[str, float | int | str | bool] = dict(self.counters)
+        out.update(
+            active_source=self.active_source,
+            estop=self._estop,
+            hold_reason=self._hold_reason if self._hold_q is not None else "",
+            limited=self.filter.limited_count,
+        )
+        if lat.size:
+            out.update(latency_p50_ms=float(np.percentile(lat, 50)), latency_p99_ms=float(np.percentile(lat, 99)))
+        return out

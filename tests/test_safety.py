@@ -1,0 +1,84 @@
+"""The safety filter: malformed chunks are refused, limits are enforced."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tether.safety import ChunkRejected, SafetyFilter, SafetyLimits, validate_chunk
+
+
+def _valid(so101, **over):
+    args = dict(joint_names=so101.joint_names, start=0.0, times=[0.1, 0.2], positions=[so101.home, so101.home])
+    args.update(over)
+    return validate_chunk(so101, **args)
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        (dict(joint_names=["shoulder_pan", "elbow", "x", "y", "z", "w"]), "unknown_joint"),
+        (dict(joint_names=["shoulder_pan"]), "joint_set"),
+        (dict(positions=[[0.0] * 5, [0.0] * 6]), "point_size"),
+        (dict(positions=[[math.nan] * 6, [0.0] * 6]), "non_finite"),
+        (dict(positions=[[math.inf] * 6, [0.0] * 6]), "non_finite"),
+        (dict(times=[0.2, 0.2]), "time_order"),
+        (dict(times=[0.3, 0.1]), "time_order"),
+        (dict(times=[], positions=[]), "empty"),
+    ],
+)
+def test_malformed_chunks_are_refused_with_a_reason(so101, override, reason) -> None:
+    with pytest.raises(ChunkRejected) as info:
+        _valid(so101, **override)
+    assert info.value.reason == reason
+
+
+def test_unknown_joint_message_lists_valid_joints(so101) -> None:
+    with pytest.raises(ChunkRejected, match="valid joints: shoulder_pan, shoulder_lift"):
+        _valid(so101, joint_names=["nope"] + so101.joint_names[1:])
+
+
+def test_joint_order_is_mapped_to_the_profile(so101) -> None:
+    names = list(reversed(so101.joint_names))
+    q = np.arange(6) * 0.1
+    chunk, clamped = _valid(so101, joint_names=names, times=[0.1], positions=[q])
+    np.testing.assert_allclose(chunk.positions[0], q[::-1])
+    assert clamped == 0
+
+
+def test_targets_beyond_limits_are_clamped(so101) -> None:
+    q = so101.upper + 1.0
+    chunk, clamped = _valid(so101, times=[0.1], positions=[q])
+    np.testing.assert_allclose(chunk.positions[0], so101.upper)
+    assert clamped == 6
+
+
+def test_filter_bounds_velocity_acceleration_and_step(so101) -> None:
+    limits = SafetyLimits.from_profile(so101, max_step=0.2)
+    f = SafetyFilter(limits)
+    dt = 0.005
+    q = so101.home.copy()
+    f.reset(q)
+    velocities, prev_v = [], np.zeros(6)
+    for _ in range(400):
+        out = f(so101.upper, measured=q, dt=dt)
+        assert np.all(np.abs(out - q) <= 0.2 + 1e-9)  # max step from measured
+        v = (out - q) / dt
+        assert np.all(np.abs(v) <= limits.max_velocity + 1e-9)
+        # Discrete braking may exceed the bound by a few percent on the final step.
+        assert np.all(np.abs(v - prev_v) <= 1.1 * limits.max_acceleration * dt)
+        velocities.append(v)
+        prev_v, q = v, out  # a perfect robot follows the command
+    np.testing.assert_allclose(q, so101.upper, atol=1e-6)  # and it still gets there
+    assert np.max(np.abs(velocities)) == pytest.approx(np.max(limits.max_velocity), rel=1e-6)
+
+
+def test_filter_does_not_overshoot(so101) -> None:
+    f = SafetyFilter(SafetyLimits.from_profile(so101, max_step=10.0))
+    q = so101.home.copy()
+    f.reset(q)
+    target = so101.home + 0.5
+    for _ in range(400):
+        q = f(target, q, 0.005)
+        assert np.all(q <= target + 1e-9)
+    np.testing.assert_allclose(q, target, atol=1e-6)
