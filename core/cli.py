@@ -1,16 +1,123 @@
-"""The ``tether`` command line."""
+"""The ``tether`` command line. Subcommands import their capability lazily so ``--help`` is instant."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+from tether.errors import TetherError
+
+
+def _add_sim(sub: argparse._SubParsersAction) -> None:
+    sim = sub.add_parser("sim", help="the MuJoCo twin without ROS: scripted expert, videos")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True)
+    exp = sim_sub.add_parser("expert", help="run the scripted expert headless and report success")
+    _common(exp)
+    exp.add_argument("--episodes", type=int, default=50)
+    exp.add_argument("--json", type=Path, help="write the summary here")
+    exp.set_defaults(func=_sim_expert)
+    view = sim_sub.add_parser("view", help="write a video of the expert from a camera")
+    _common(view)
+    view.add_argument("--episodes", type=int, default=1)
+    view.add_argument("--camera", default="front")
+    view.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None)
+    view.add_argument("--out", type=Path, default=Path("demo.mp4"))
+    view.set_defaults(func=_sim_view)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--robot", default="so101")
+    p.add_argument("--task", default="pick_place")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_rehearse(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("rehearse", help="run the full ROS 2 graph against the twin and write a report")
+    _common(r)
+    r.add_argument("--source", default="expert")
+    r.add_argument("--episodes", type=int, default=20)
+    r.add_argument("--report", type=Path, default=Path("runs/rehearsal"))
+    r.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None,
+                   help="override the profile's camera size (e.g. 128 128)")
+    r.add_argument("--episode-timeout", type=float, default=20.0)
+    r.add_argument("--video-episodes", type=int, default=1)
+    r.set_defaults(func=_rehearse)
+
+
+def _sim_expert(a: argparse.Namespace) -> int:
+    from tether.report import outcome_summary
+    from tether.robot_profile import load_profile
+    from tether.sim.evaluate import run_expert_episodes
+
+    results = run_expert_episodes(load_profile(a.robot), a.task, a.episodes, a.seed, progress=True)
+    summary = outcome_summary(results)
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(summary, indent=2))
+    lo, hi = summary["ci95"]
+    print(f"expert on {a.robot}/{a.task}: {summary['successes']}/{summary['episodes']} "
+          f"= {summary['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f}), mean {summary['mean_duration_s']:.1f} s")
+    return 0
+
+
+def _sim_view(a: argparse.Namespace) -> int:
+    from tether.robot_profile import load_profile
+    from tether.sim.evaluate import record_expert_video
+
+    size = tuple(a.size) if a.size else None
+    frames = record_expert_video(load_profile(a.robot), a.task, a.episodes, a.seed, a.out, camera=a.camera, size=size)
+    print(f"wrote {a.out} ({frames} frames)")
+    return 0
+
+
+def _rehearse(a: argparse.Namespace) -> int:
+    from tether.graph import RehearsalArgs, rehearsal_graph
+    from tether.runner import GraphFailed, run_graph
+
+    w, h = a.camera_size or (0, 0)
+    args = RehearsalArgs(
+        robot=a.robot, task=a.task, source=a.source, episodes=a.episodes, seed=a.seed,
+        report=str(a.report.resolve()), camera_width=w, camera_height=h,
+        episode_timeout=a.episode_timeout, video_episodes=a.video_episodes,
+    )
+    budget = 60.0 + a.episodes * (a.episode_timeout + 10.0)
+    try:
+        code = run_graph(rehearsal_graph(args), a.report / "logs", timeout=budget)
+    except GraphFailed as exc:
+        print(f"tether rehearse: the graph failed: {exc}", file=sys.stderr)
+        return 2
+    if code != 0:
+        print(f"tether rehearse: session exited with {code}; logs in {a.report / 'logs'}", file=sys.stderr)
+        return code
+    summary = json.loads((a.report / "report.json").read_text())
+    lat = summary["latency_ms"]["obs_to_command"]
+    lo, hi = summary["ci95"]
+    print(f"success {summary['successes']}/{summary['episodes']} = {summary['success_rate']:.2f} "
+          f"(95% CI {lo:.2f}-{hi:.2f}); obs->command p50 {lat.get('p50', float('nan')):.1f} ms "
+          f"p99 {lat.get('p99', float('nan')):.1f} ms; command rate {summary['command_rate_hz']:.0f} Hz")
+    print(f"report: {a.report / 'report.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description="ROS 2 control stack for learned robot policies")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_rehearse(sub)
+    _add_sim(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tether")
-    parser.add_subparsers(dest="command", required=True)
-    parser.parse_args(argv)
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TetherError as exc:
+        print(f"tether: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

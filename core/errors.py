@@ -88,3 +88,10 @@ class JointVectorError(TetherError, ValueError):
             f"robot '{robot}': expected a joint vector of {len(joints)} values "
             f"({', '.join(joints)}), got shape {shape}"
         )
+
+
+class NoTaskError(TetherError):
+    """Task-only information (object pose, target) was asked of a twin built with task=None."""
+
+    def __init__(self, valid: Iterable[str]) -> None:
+        super().__init__(f"this twin has no task (task=None), so it has no object or target; tasks: {_choices(valid)}")

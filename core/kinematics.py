@@ -8,6 +8,7 @@ control (the Panda's fingers) are locked at 0 in a reduced pinocchio model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pinocchio as pin
@@ -108,7 +109,9 @@ class Kinematics:
                 best = result
         return best
 
-    def solve_or_raise(self, target_pos: np.ndarray, target_rot: np.ndarray | None, q0: np.ndarray, **kw) -> np.ndarray:
+    def solve_or_raise(
+        self, target_pos: np.ndarray, target_rot: np.ndarray | None, q0: np.ndarray, **kw: Any
+    ) -> np.ndarray:
         """Like :meth:`ik`, but return ``q`` or raise :class:`IKError` with the residuals."""
         result = self.ik(target_pos, target_rot, q0, **kw)
         if not result.converged:
@@ -247,7 +250,7 @@ def _score(result: IKResult, rot_weight: float) -> float:
 def _unit(v: np.ndarray | None) -> np.ndarray | None:
     if v is None:
         return None
-    v = _maybe(v, (3,))
+    v = _array(v, (3,))
     norm = np.linalg.norm(v)
     if norm < 1e-9:
         raise ValueError("axis must be a non-zero 3-vector")
@@ -255,8 +258,10 @@ def _unit(v: np.ndarray | None) -> np.ndarray | None:
 
 
 def _maybe(value: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
-    if value is None:
-        return None
+    return None if value is None else _array(value, shape)
+
+
+def _array(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     arr = np.asarray(value, dtype=float)
     if arr.shape != shape:
         raise ValueError(f"expected shape {shape}, got {arr.shape}")

@@ -1,1 +1,1 @@
-"""ROS 2 adapters for tether."""
+"""ROS 2 nodes of tether. Each node only converts: parameters to config, messages to numpy, callbacks to core calls."""

@@ -1,0 +1,87 @@
+"""The one declaration of each deployment profile's ROS 2 graph.
+
+``launch/*.launch.py`` turn these NodeSpecs into ``launch_ros`` Node actions;
+the embedded runner (``tether rehearse``) starts the very same nodes as
+processes of the project's venv. Neither adds or drops a node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tether.errors import TetherError
+
+PACKAGE = "tether_ros"
+ParamValue = bool | int | float | str | list[str]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    executable: str
+    name: str
+    parameters: dict[str, ParamValue] = field(default_factory=dict)
+    package: str = PACKAGE
+    # The node whose exit ends the graph (the session).
+    terminal: bool = False
+
+
+@dataclass(frozen=True)
+class RehearsalArgs:
+    robot: str = "so101"
+    task: str = "pick_place"
+    source: str = "expert"
+    episodes: int = 2
+    seed: int = 0
+    report: str = "runs/rehearsal"
+    camera_width: int = 0  # 0: the profile's size
+    camera_height: int = 0
+    episode_timeout: float = 20.0
+    gate_rate_hz: float = 200.0
+    video_episodes: int = 1
+
+
+SOURCES = ("expert",)
+
+
+def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
+    """Twin, action source, gate and session: the full loop against the twin."""
+    if a.source not in SOURCES:
+        raise TetherError(f"unknown source '{a.source}'; sources: {', '.join(SOURCES)}")
+    return [
+        NodeSpec(
+            "twin_node",
+            "twin",
+            {
+                "robot": a.robot,
+                "task": a.task,
+                "seed": a.seed,
+                "camera_width": a.camera_width,
+                "camera_height": a.camera_height,
+            },
+        ),
+        NodeSpec(f"{a.source}_node", a.source, {"robot": a.robot}),
+        NodeSpec(
+            "gate_node",
+            "gate",
+            {"robot": a.robot, "rate_hz": a.gate_rate_hz, "active_source": a.source},
+        ),
+        NodeSpec(
+            "session_node",
+            "session",
+            {
+                "robot": a.robot,
+                "task": a.task,
+                "source": a.source,
+                "episodes": a.episodes,
+                "seed": a.seed,
+                "report": a.report,
+                "episode_timeout": a.episode_timeout,
+                "gate_rate_hz": a.gate_rate_hz,
+                "video_episodes": a.video_episodes,
+            },
+            terminal=True,
+        ),
+    ]
+
+
+GRAPHS = {"rehearse": rehearsal_graph}

@@ -1,0 +1,124 @@
+"""Evaluation and rehearsal reports: JSON for machines, Markdown and PNG plots for people."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tether.stats import wilson_interval
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    index: int
+    seed: int
+    success: bool
+    duration_s: float
+
+
+def percentiles(values: list[float] | np.ndarray) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    if arr.size == 0:
+        return {"p50": float("nan"), "p99": float("nan"), "n": 0}
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "n": int(arr.size)}
+
+
+def outcome_summary(episodes: list[EpisodeResult]) -> dict[str, Any]:
+    n = len(episodes)
+    k = sum(e.success for e in episodes)
+    lo, hi = wilson_interval(k, n)
+    return {
+        "episodes": n,
+        "successes": k,
+        "success_rate": k / n if n else 0.0,
+        "ci95": [lo, hi],
+        "mean_duration_s": float(np.mean([e.duration_s for e in episodes])) if n else 0.0,
+    }
+
+
+@dataclass
+class RehearsalReport:
+    episodes: list[EpisodeResult]
+    obs_to_command_ms: dict[str, float]
+    command_periods_ms: list[float]
+    nominal_period_ms: float
+    gate: dict[str, str] = field(default_factory=dict)
+    twin_rtf: float = float("nan")
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        periods = np.asarray(self.command_periods_ms)
+        jitter = np.abs(periods - self.nominal_period_ms)
+        out = outcome_summary(self.episodes)
+        out.update(
+            latency_ms={"obs_to_command": self.obs_to_command_ms},
+            command_rate_hz=float(1e3 / np.mean(periods)) if periods.size else 0.0,
+            command_period_ms={"nominal": self.nominal_period_ms, **percentiles(periods)},
+            command_jitter_ms=percentiles(jitter),
+            missed_deadlines=int(np.sum(periods > 2 * self.nominal_period_ms)),
+            gate_holds=int(self.gate.get("holds", 0)),
+            estops=int(self.gate.get("estops", 0)),
+            gate=self.gate,
+            twin_compute_rtf=self.twin_rtf,
+            episode_detail=[asdict(e) for e in self.episodes],
+            meta=self.meta,
+        )
+        return out
+
+    def write(self, out_dir: Path) -> dict[str, Any]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        data = self.as_dict()
+        (out_dir / "report.json").write_text(json.dumps(data, indent=2))
+        (out_dir / "report.md").write_text(self.markdown(data))
+        self.plot(out_dir / "report.png")
+        return data
+
+    def markdown(self, d: dict[str, Any]) -> str:
+        lat = d["latency_ms"]["obs_to_command"]
+        per, jit = d["command_period_ms"], d["command_jitter_ms"]
+        lines = [
+            f"# Rehearsal: {self.meta.get('robot', '?')} / {self.meta.get('task', '?')} / source {self.meta.get('source', '?')}",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            f"| success | {d['successes']}/{d['episodes']} = {d['success_rate']:.2f} (95% CI {d['ci95'][0]:.2f}–{d['ci95'][1]:.2f}) |",
+            f"| mean episode duration | {d['mean_duration_s']:.2f} s |",
+            f"| obs → gated command latency | p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms |",
+            f"| command rate | {d['command_rate_hz']:.1f} Hz (nominal {1e3 / per['nominal']:.0f} Hz) |",
+            f"| command period | p50 {per['p50']:.2f} ms, p99 {per['p99']:.2f} ms; jitter p99 {jit['p99']:.2f} ms |",
+            f"| missed deadlines (period > 2× nominal) | {d['missed_deadlines']} |",
+            f"| gate holds / e-stops | {d['gate_holds']} / {d['estops']} |",
+            f"| twin compute real-time factor | {d['twin_compute_rtf']:.1f}× |",
+            "",
+            "![outcomes and timing](report.png)",
+            "",
+            "| episode | seed | success | duration (s) |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {e.index} | {e.seed} | {'yes' if e.success else 'no'} | {e.duration_s:.2f} |" for e in self.episodes]
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+        idx = [e.index for e in self.episodes]
+        colors = ["tab:green" if e.success else "tab:red" for e in self.episodes]
+        ax1.bar(idx, [e.duration_s for e in self.episodes], color=colors)
+        ax1.set(xlabel="episode", ylabel="duration (s)", title="Episodes (green = success)")
+        periods = np.asarray(self.command_periods_ms)
+        if periods.size:
+            ax2.hist(periods, bins=60, color="tab:blue", log=True)
+            ax2.axvline(self.nominal_period_ms, color="k", ls="--", label="nominal")
+            ax2.legend()
+        ax2.set(xlabel="gate command period (ms)", ylabel="count", title="Command stream timing")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)

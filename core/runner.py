@@ -1,0 +1,117 @@
+"""Embedded runner: starts a graph's nodes as processes of this venv, no ROS install needed.
+
+Each node runs ``python -m tether_ros.<executable> --ros-args ...`` exactly as
+``ros2 launch`` would run its console script. Node logs go to ``LOG_DIR``; the
+terminal shows the session's progress. The run ends when the terminal node
+exits; any other node dying first is a graph failure.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tether.errors import TetherError
+from tether.graph import NodeSpec, ParamValue
+
+
+class GraphFailed(TetherError):
+    pass
+
+
+def ros_args(spec: NodeSpec) -> list[str]:
+    args = ["--ros-args", "-r", f"__node:={spec.name}"]
+    for key, value in spec.parameters.items():
+        args += ["-p", f"{key}:={_param(value)}"]
+    return args
+
+
+def _param(value: ParamValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ",".join(f"'{v}'" for v in value) + "]"
+    if isinstance(value, str):
+        return f"'{value}'"  # keep strings that look like numbers as strings
+    return repr(value)
+
+
+def graph_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # A private domain per run keeps parallel rehearsals (and tests) apart.
+    env.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    env.setdefault("MUJOCO_GL", "egl")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@dataclass
+class RunningNode:
+    spec: NodeSpec
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def run_graph(nodes: list[NodeSpec], log_dir: Path, timeout: float | None = None) -> int:
+    """Run until the terminal node exits; return its exit code. Raises GraphFailed."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = graph_env()
+    running: list[RunningNode] = []
+    try:
+        for spec in nodes:
+            running.append(_start(spec, log_dir, env))
+        return _wait(running, timeout)
+    finally:
+        _stop(running)
+
+
+def _start(spec: NodeSpec, log_dir: Path, env: dict[str, str]) -> RunningNode:
+    log = log_dir / f"{spec.name}.log"
+    cmd = [sys.executable, "-m", f"{spec.package}.{spec.executable}", *ros_args(spec)]
+    # The terminal node's stderr (progress bar) goes to the terminal; everything is also in its log.
+    out = open(log, "wb")  # noqa: SIM115 - closed when the process is reaped
+    err = None if spec.terminal else subprocess.STDOUT
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
+    return RunningNode(spec, proc, log)
+
+
+def _wait(running: list[RunningNode], timeout: float | None) -> int:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    terminal = next(r for r in running if r.spec.terminal)
+    while True:
+        code = terminal.process.poll()
+        if code is not None:
+            return code
+        for r in running:
+            if r is not terminal and r.process.poll() is not None:
+                raise GraphFailed(f"node '{r.spec.name}' exited with {r.process.returncode}:\n{_tail(r.log)}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise GraphFailed(f"graph did not finish within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _stop(running: list[RunningNode]) -> None:
+    for r in running:
+        if r.process.poll() is None:
+            r.process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 5.0
+    for r in running:
+        try:
+            r.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            r.process.kill()
+            r.process.wait()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

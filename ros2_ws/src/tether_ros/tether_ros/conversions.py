@@ -1,0 +1,74 @@
+"""Message <-> numpy conversions and the topic names the graph shares."""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+JOINT_STATES = "/joint_states"
+OBJECT_POSE = "/tether/sim/object_pose"  # privileged: only the twin knows it
+TARGET_POSE = "/tether/sim/target_pose"
+DIAGNOSTICS = "/diagnostics"
+
+
+def source_topic(source: str) -> str:
+    """Each action source publishes chunks on its own topic; only the gate reaches the robot."""
+    return f"/tether/source/{source}/joint_trajectory"
+
+
+def camera_topic(camera: str, leaf: str = "image_raw") -> str:
+    return f"/camera/{camera}/{leaf}"
+
+
+STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+LATCHED_QOS = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def to_sec(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def to_stamp(seconds: float) -> Time:
+    ns = int(round(seconds * 1e9))
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def to_duration(seconds: float) -> Duration:
+    ns = int(round(seconds * 1e9))
+    return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def from_duration(d: Duration) -> float:
+    return d.sec + d.nanosec * 1e-9
+
+
+def joint_state_msg(names: list[str], q: np.ndarray, v: np.ndarray, stamp: float) -> JointState:
+    msg = JointState()
+    msg.header.stamp = to_stamp(stamp)
+    msg.name = list(names)
+    msg.position = q.astype(float).tolist()
+    msg.velocity = v.astype(float).tolist()
+    return msg
+
+
+def trajectory_msg(names: list[str], start: float, times: list[float], points: np.ndarray) -> JointTrajectory:
+    msg = JointTrajectory()
+    msg.header.stamp = to_stamp(start)
+    msg.joint_names = list(names)
+    for t, q in zip(times, np.atleast_2d(points)):
+        msg.points.append(JointTrajectoryPoint(positions=np.asarray(q, float).tolist(), time_from_start=to_duration(t)))
+    return msg
+
+
+def trajectory_fields(msg: JointTrajectory) -> tuple[list[str], float, list[float], list[list[float]]]:
+    """(joint_names, start, times, positions) as plain Python, for the core's validators."""
+    return (
+        list(msg.joint_names),
+        to_sec(msg.header.stamp),
+        [from_duration(p.time_from_start) for p in msg.points],
+        [list(p.positions) for p in msg.points],
+    )

@@ -1,0 +1,90 @@
+"""Expert node: the scripted pick-and-place expert as an action source.
+
+It reads ``/joint_states`` and the cube and target poses that only the twin
+knows (``/tether/sim/object_pose``, ``/tether/sim/target_pose``). That is
+privileged information a learned policy never gets: the expert exists to
+produce demonstrations and to rehearse the graph, not as a baseline.
+
+Publishes JointTrajectory chunks on ``/tether/source/expert/joint_trajectory``,
+stamped with the capture time of the joint state they were computed from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from tether.robot_profile import load_profile
+from tether.sim.expert import PickPlaceExpert
+from tether_ros.conversions import (
+    COMMAND_QOS,
+    OBJECT_POSE,
+    STATE_QOS,
+    TARGET_POSE,
+    source_topic,
+    to_sec,
+    trajectory_msg,
+)
+from tether_ros.spin import run
+
+
+class ExpertNode(Node):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("expert", **kwargs)  # type: ignore[arg-type]
+        self.profile = load_profile(str(self.declare_parameter("robot", "so101").value))
+        self.expert = PickPlaceExpert(self.profile)
+        rate = float(self.declare_parameter("control_hz", self.expert.control_hz).value)
+        self.period = 1.0 / rate
+        self.pub = self.create_publisher(JointTrajectory, source_topic("expert"), COMMAND_QOS)
+        self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
+        self.create_subscription(PoseStamped, OBJECT_POSE, self._on_object, 10)
+        self.create_subscription(PoseStamped, TARGET_POSE, self._on_target, 10)
+        self.create_service(Trigger, "~/reset", self._reset)
+        self.create_timer(self.period, self._act)
+        self._state: JointState | None = None
+        self._object: PoseStamped | None = None
+        self._target: PoseStamped | None = None
+        self._episode_start: float | None = None
+
+    def _on_state(self, msg: JointState) -> None:
+        self._state = msg
+
+    def _on_object(self, msg: PoseStamped) -> None:
+        self._object = msg
+
+    def _on_target(self, msg: PoseStamped) -> None:
+        self._target = msg
+
+    def _reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        self.expert.reset()
+        self._state = self._object = self._target = None  # wait for post-reset observations
+        self._episode_start = None
+        res.success, res.message = True, "expert reset"
+        return res
+
+    def _act(self) -> None:
+        if self._state is None or self._object is None or self._target is None:
+            return
+        stamp = to_sec(self._state.header.stamp)
+        if self._episode_start is None:
+            self._episode_start = stamp
+        index = {n: i for i, n in enumerate(self._state.name)}
+        q = np.array([self._state.position[index[j]] for j in self.profile.joint_names])
+        p, o = self._object.pose.position, self._object.pose.orientation
+        t = self._target.pose.position
+        action = self.expert.act(
+            q, np.array([p.x, p.y, p.z]), np.array([o.w, o.x, o.y, o.z]), np.array([t.x, t.y, t.z]), stamp - self._episode_start
+        )
+        self.pub.publish(trajectory_msg(self.profile.joint_names, stamp, [self.period], action))
+
+
+def main(args: list[str] | None = None) -> int:
+    return run(ExpertNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

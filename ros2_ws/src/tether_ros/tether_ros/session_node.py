@@ -1,0 +1,171 @@
+"""Session node: runs N episodes (reset, run until success or timeout), then writes the report.
+
+Resets go through services of the twin, the action source and the gate. The
+node listens to the gated command stream (period jitter as seen on the wire),
+to ``/diagnostics`` (gate latency and counters, twin real-time factor) and to
+one camera for the episode video. It exits when the report is written; a graph
+that cannot be reached makes it exit non-zero.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
+from tqdm import tqdm
+from trajectory_msgs.msg import JointTrajectory
+
+from tether.report import EpisodeResult, RehearsalReport
+from tether.robot_profile import load_profile
+from tether.video import VideoWriter
+from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, camera_topic
+from tether_ros.spin import run
+
+
+class GraphError(RuntimeError):
+    """A node the session needs did not answer."""
+
+
+class SessionNode(Node):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("session", **kwargs)  # type: ignore[arg-type]
+        p = self.declare_parameter
+        self.profile = load_profile(str(p("robot", "so101").value))
+        self.episodes = int(p("episodes", 2).value)
+        self.seed = int(p("seed", 0).value)
+        self.timeout_s = float(p("episode_timeout", 20.0).value)
+        self.report_dir = Path(str(p("report", "runs/rehearsal").value))
+        self.source = str(p("source", "expert").value)
+        self.task = str(p("task", "pick_place").value)
+        self.video_camera = str(p("video_camera", "front").value)
+        self.video_episodes = int(p("video_episodes", 1).value)
+        self.nominal_period = 1.0 / float(p("gate_rate_hz", 200.0).value)
+        self.finished = False
+        self.exit_code = 0
+        self._periods: list[float] = []
+        self._last_command: float | None = None
+        self._gate: dict[str, str] = {}
+        self._rtf: list[float] = []
+        self._video: VideoWriter | None = None
+        self._recording = False
+        self._clients = {
+            name: self.create_client(Trigger, srv)
+            for name, srv in {
+                "twin_reset": "/twin/reset",
+                "success": "/twin/success",
+                "source_reset": f"/{self.source}/reset",
+                "gate_reset": "/gate/reset",
+            }.items()
+        }
+        self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
+        self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diag, 50)
+        self.create_subscription(Image, camera_topic(self.video_camera), self._on_image, 5)
+        threading.Thread(target=self._main, daemon=True).start()
+
+    # --- listeners ----------------------------------------------------------
+    def _on_command(self, _msg: JointTrajectory) -> None:
+        now = time.perf_counter()
+        if self._last_command is not None and self._recording:
+            self._periods.append((now - self._last_command) * 1e3)
+        self._last_command = now
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name == "tether/gate" and "commands" in values:
+                self._gate = values
+            elif status.name == "tether/twin" and "compute_rtf" in values:
+                self._rtf.append(float(values["compute_rtf"]))
+
+    def _on_image(self, msg: Image) -> None:
+        if self._video is None or not self._recording:
+            return
+        frame = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+        self._video.write(frame)
+
+    # --- episodes -----------------------------------------------------------
+    def _call(self, name: str, timeout: float = 10.0) -> Trigger.Response:
+        client = self._clients[name]
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise GraphError(f"service {client.srv_name} did not appear within {timeout:.0f} s")
+        future = client.call_async(Trigger.Request())
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline or not rclpy.ok():
+                raise GraphError(f"service {client.srv_name} did not answer within {timeout:.0f} s")
+            time.sleep(0.005)
+        result = future.result()
+        assert result is not None
+        return result
+
+    def _episode(self, index: int) -> EpisodeResult:
+        self._recording = False
+        seed_msg = self._call("twin_reset").message
+        self._call("source_reset")
+        self._call("gate_reset")
+        seed = int(seed_msg.split("=")[1]) if seed_msg.startswith("seed=") else -1
+        if index < self.video_episodes:
+            self._video = VideoWriter(self.report_dir / f"episode_{index:03d}.mp4", fps=30)
+        self._last_command = None
+        self._recording = True
+        start = time.monotonic()
+        success = False
+        while time.monotonic() - start < self.timeout_s:
+            time.sleep(0.1)
+            if self._call("success").success:
+                success = True
+                break
+        self._recording = False
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+        return EpisodeResult(index, seed, success, time.monotonic() - start)
+
+    def _main(self) -> None:
+        try:
+            results: list[EpisodeResult] = []
+            bar = tqdm(range(self.episodes), desc="rehearsal", unit="ep", file=sys.stderr, dynamic_ncols=True)
+            for i in bar:
+                results.append(self._episode(i))
+                bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
+            bar.close()
+            time.sleep(1.2)  # let the gate's 1 Hz diagnostics catch the last episode
+            self._write(results)
+        except Exception as exc:  # noqa: BLE001 - the node must report any failure and exit non-zero
+            self.get_logger().error(f"rehearsal failed: {exc}")
+            self.exit_code = 2
+        self.finished = True
+
+    def _write(self, results: list[EpisodeResult]) -> None:
+        gate = dict(self._gate)
+        latency = {k: float(gate[f"latency_{k}_ms"]) for k in ("p50", "p99") if f"latency_{k}_ms" in gate}
+        report = RehearsalReport(
+            episodes=results,
+            obs_to_command_ms=latency,
+            command_periods_ms=self._periods,
+            nominal_period_ms=self.nominal_period * 1e3,
+            gate=gate,
+            twin_rtf=float(np.median(self._rtf)) if self._rtf else float("nan"),
+            meta={"robot": self.profile.name, "task": self.task, "source": self.source, "seed": self.seed},
+        )
+        data = report.write(self.report_dir)
+        self.get_logger().info(
+            f"success {data['successes']}/{data['episodes']} ci95={np.round(data['ci95'], 3).tolist()} "
+            f"report: {self.report_dir / 'report.md'}"
+        )
+
+
+def main(args: list[str] | None = None) -> int:
+    return run(SessionNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Twin node: the MuJoCo twin behind the same topics a real robot offers.
+
+Publishes ``/joint_states`` (stamped with the simulated capture time), camera
+images and CameraInfo for every profile camera, the cube and target poses on
+``/tether/sim/*`` (privileged, for scripted experts only) and, optionally,
+``/clock``. Executes JointTrajectory on the profile's command topic with
+JointTrajectoryController semantics. Services: ``~/reset`` (next seed) and
+``~/success``.
+
+Physics is stepped to keep pace with the clock (real time); with
+``publish_clock`` it runs free and drives ``/clock`` for ``use_sim_time`` graphs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from tether.robot_profile import load_profile
+from tether.safety import ChunkRejected, validate_chunk
+from tether.sim.twin import Twin
+from tether.trajectory import TrajectoryFollower
+from tether_ros.conversions import (
+    COMMAND_QOS,
+    DIAGNOSTICS,
+    OBJECT_POSE,
+    STATE_QOS,
+    TARGET_POSE,
+    camera_topic,
+    joint_state_msg,
+    to_stamp,
+    trajectory_fields,
+)
+from tether_ros.spin import run
+
+
+class TwinNode(Node):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("twin", **kwargs)  # type: ignore[arg-type]
+        p = self.declare_parameter
+        self.profile = load_profile(str(p("robot", "so101").value))
+        task = str(p("task", "pick_place").value) or None
+        self.seed = int(p("seed", 0).value)
+        self.state_period = 1.0 / float(p("state_rate_hz", 250.0).value)
+        self.camera_period = 1.0 / float(p("camera_fps", 30.0).value)
+        size = (int(p("camera_width", 0).value), int(p("camera_height", 0).value))
+        self.publish_cameras = bool(p("publish_cameras", True).value)
+        self.publish_clock = bool(p("publish_clock", False).value)
+        self.speed = float(p("speed", 1.0).value)  # sim seconds per wall second when publishing /clock
+        self.twin = Twin(self.profile, task, render_size=size if all(size) else None)
+        self.twin.reset(self.seed)
+        self.resets = 0
+        self.joint_pub = self.create_publisher(JointState, self.profile.joint_states_topic, STATE_QOS)
+        self.object_pub = self.create_publisher(PoseStamped, OBJECT_POSE, 10)
+        self.target_pub = self.create_publisher(PoseStamped, TARGET_POSE, 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
+        self.image_pubs = {
+            c: (
+                self.create_publisher(Image, camera_topic(c), 5),
+                self.create_publisher(CameraInfo, camera_topic(c, "camera_info"), 5),
+            )
+            for c in self.twin.camera_names
+        }
+        self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
+        self.create_service(Trigger, "~/reset", self._reset)
+        self.create_service(Trigger, "~/success", self._success)
+        self._t0 = self._wall()  # clock time at which sim time 0 happened
+        self.follower = TrajectoryFollower(self.twin.joint_positions(), self._t0)
+        self._next_camera = 0.0
+        self._busy = 0.0  # seconds spent stepping physics, for the real-time factor
+        self._stats_sim0 = 0.0
+        self.create_timer(self.state_period, self._tick)
+        self.create_timer(1.0, self._publish_diagnostics)
+
+    def _wall(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _sim_stamp(self) -> float:
+        return self._t0 + self.twin.time
+
+    def _on_command(self, msg: JointTrajectory) -> None:
+        try:
+            chunk, _ = validate_chunk(self.profile, *trajectory_fields(msg))
+        except ChunkRejected as exc:
+            self.get_logger().error(f"refused command: {exc}", throttle_duration_sec=1.0)
+            return
+        self.follower.command(chunk, self._sim_stamp())
+
+    def _tick(self) -> None:
+        if self.publish_clock:
+            target_time = self._sim_stamp() + self.state_period * self.speed
+        else:
+            target_time = self._wall()
+        start = time.perf_counter()
+        dt = float(self.twin.model.opt.timestep)
+        while self._sim_stamp() + dt / 2 < target_time:
+            self.twin.set_targets(self.follower.sample(self._sim_stamp() + dt))
+            self.twin.step(dt * 1e3)
+        self._busy += time.perf_counter() - start
+        stamp = self._sim_stamp()
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=to_stamp(stamp)))
+        names = self.twin.joint_names
+        self.joint_pub.publish(joint_state_msg(names, self.twin.joint_positions(), self.twin.joint_velocities(), stamp))
+        self._publish_poses(stamp)
+        if self.publish_cameras and self.twin.time >= self._next_camera:
+            self._next_camera = self.twin.time + self.camera_period
+            self._publish_images(stamp)
+
+    def _publish_poses(self, stamp: float) -> None:
+        if self.twin.task_name is None:
+            return
+        pos, quat = self.twin.object_pose()
+        self.object_pub.publish(_pose(pos, quat, stamp))
+        self.target_pub.publish(_pose(self.twin.target_position(), np.array([1.0, 0, 0, 0]), stamp))
+
+    def _publish_images(self, stamp: float) -> None:
+        start = time.perf_counter()
+        for name, (image_pub, info_pub) in self.image_pubs.items():
+            rgb = self.twin.render(name)
+            msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+            msg.header.stamp, msg.header.frame_id = to_stamp(stamp), f"{name}_optical_frame"
+            msg.data = rgb.tobytes()
+            image_pub.publish(msg)
+            info_pub.publish(self._camera_info(name, rgb.shape[1], rgb.shape[0], msg.header))
+        self._busy += time.perf_counter() - start
+
+    def _camera_info(self, name: str, width: int, height: int, header: object) -> CameraInfo:
+        fovy = np.deg2rad(self.profile.camera(name).fovy)
+        f = 0.5 * height / np.tan(fovy / 2)
+        info = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+        info.header = header
+        info.k = [f, 0.0, width / 2, 0.0, f, height / 2, 0.0, 0.0, 1.0]
+        info.p = [f, 0.0, width / 2, 0.0, 0.0, f, height / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        info.d = [0.0] * 5
+        return info
+
+    def _reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        seed = self.seed + self.resets  # episode i runs seed + i
+        self.resets += 1
+        before = self._sim_stamp()
+        self.twin.reset(seed)
+        # /clock must stay monotonic across resets; in real time, sim time 0 is now.
+        self._t0 = before if self.publish_clock else self._wall()
+        self.follower.reset(self.twin.joint_positions(), self._sim_stamp())
+        self._next_camera = 0.0
+        res.success, res.message = True, f"seed={seed}"
+        return res
+
+    def _success(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        res.success = bool(self.twin.success())
+        pos, _ = self.twin.object_pose() if self.twin.task_name else (np.zeros(3), None)
+        res.message = f"object at {np.round(pos, 3).tolist()} t={self.twin.time:.2f}s"
+        return res
+
+    def _publish_diagnostics(self) -> None:
+        sim_elapsed = self.twin.time - self._stats_sim0
+        rtf = sim_elapsed / self._busy if self._busy > 0 else 0.0
+        self._busy, self._stats_sim0 = 0.0, self.twin.time
+        status = DiagnosticStatus(level=DiagnosticStatus.OK, name="tether/twin", message="running")
+        status.values = [KeyValue(key="compute_rtf", value=f"{rtf:.2f}"), KeyValue(key="sim_time", value=f"{self.twin.time:.3f}")]
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+    def close(self) -> None:
+        self.twin.close()
+
+
+def _pose(pos: np.ndarray, quat: np.ndarray, stamp: float) -> PoseStamped:
+    msg = PoseStamped()
+    msg.header.stamp, msg.header.frame_id = to_stamp(stamp), "world"
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pos)
+    o = msg.pose.orientation
+    o.w, o.x, o.y, o.z = (float(v) for v in quat)
+    return msg
+
+
+def main(args: list[str] | None = None) -> int:
+    return run(TwinNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
