@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import mujoco
 import numpy as np
@@ -178,20 +177,22 @@ def test_unreachable_target_reports_failure_within_limits(so101: tuple[RobotProf
         kin.solve_or_raise(far, None, profile.home)
 
 
-def test_ik_from_a_nearby_seed_is_fast(robot: tuple[RobotProfile, Kinematics]) -> None:
-    """A closed-loop expert at 30-50 Hz re-solves from the last solution: that must take well under 2 ms."""
+def test_ik_from_a_nearby_seed_needs_few_iterations(robot: tuple[RobotProfile, Kinematics]) -> None:
+    """A closed-loop expert re-solves from the last solution each tick; that must converge quickly.
+
+    Iterations, not seconds: timing belongs in the benchmark, not in a test.
+    """
     profile, kin = robot
     rng = np.random.default_rng(6)
-    times = []
+    iters = []
     for _ in range(100):
         q = random_q(profile, rng)
         target = kin.fk(q)
         seed = np.clip(q + rng.normal(0.0, 0.05, len(q)), profile.lower, profile.upper)
-        start = time.perf_counter()
         result = kin.ik(target.translation, target.rotation, seed)
-        times.append(time.perf_counter() - start)
         assert result.converged
-    assert np.median(times) < 2e-3
+        iters.append(result.iters)
+    assert np.median(iters) <= 10
 
 
 # ---------------------------------------------------------------- top-down grasps on the 5-DOF SO-101
