@@ -29,12 +29,12 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
+# The main job: the whole ROS 2 graph rehearsed against the SO-101 twin.
 demo: install
-	$(BIN)/tether sim expert --episodes 10 --seed 0 --json runs/demo/expert.json
-	$(BIN)/tether sim view --episodes 1 --seed 0 --out runs/demo/demo.mp4
+	$(BIN)/tether rehearse --robot so101 --task pick_place --source expert --episodes 20 --seed 0 --report runs/demo
 
 typecheck: install
-	$(BIN)/python -m mypy core sim
+	$(BIN)/python -m mypy -p tether
 
 clean:
 	rm -rf $(VENV) build *.egg-info

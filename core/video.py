@@ -39,6 +39,7 @@ class VideoWriter:
     def _open(self, width: int, height: int) -> None:
         self._container = av.open(str(self.path), mode="w")
         stream = self._container.add_stream(self.codec, rate=self.fps)
+        assert isinstance(stream, av.video.stream.VideoStream)
         stream.width, stream.height = width + width % 2, height + height % 2
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(self.crf), "preset": "veryfast"}

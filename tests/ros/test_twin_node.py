@@ -1,0 +1,89 @@
+"""The twin node executes JointTrajectory with JointTrajectoryController semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from tether_ros.conversions import COMMAND_QOS, STATE_QOS, camera_topic, trajectory_msg
+from tether_ros.twin_node import TwinNode
+
+
+class Probe(Node):
+    def __init__(self, profile) -> None:
+        super().__init__("probe")
+        self.profile = profile
+        self.pub = self.create_publisher(JointTrajectory, profile.command_topic, COMMAND_QOS)
+        self.states: list[JointState] = []
+        self.images: list[Image] = []
+        self.infos: list[CameraInfo] = []
+        self.create_subscription(JointState, "/joint_states", self.states.append, STATE_QOS)
+        self.create_subscription(Image, camera_topic("front"), self.images.append, 5)
+        self.create_subscription(CameraInfo, camera_topic("front", "camera_info"), self.infos.append, 5)
+
+    def now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def pan(self) -> float:
+        return self.states[-1].position[0]
+
+
+@pytest.fixture
+def rig(graph, so101):
+    twin = graph.add(TwinNode(parameter_overrides=[
+        Parameter("camera_width", value=64), Parameter("camera_height", value=48)]))
+    probe = graph.add(Probe(so101))
+    assert graph.spin_until(lambda: len(probe.states) > 5)
+    return graph, twin, probe
+
+
+def test_new_trajectory_replaces_the_old_one_from_its_start_time(rig, so101) -> None:
+    graph, twin, probe = rig
+    q0 = np.array(probe.states[-1].position)
+    a, b = q0.copy(), q0.copy()
+    a[0], b[0] = q0[0] + 0.6, q0[0] - 0.3
+    t0 = probe.now()
+    probe.pub.publish(trajectory_msg(so101.joint_names, t0, [1.0], a))  # reach +0.6 at t0+1
+    probe.pub.publish(trajectory_msg(so101.joint_names, t0 + 0.5, [0.5], b))  # from t0+0.5, go to -0.3
+    pans: list[tuple[float, float]] = []
+    while probe.now() < t0 + 2.0:
+        graph.spin_for(0.02)
+        pans.append((probe.now() - t0, twin.follower.sample(twin._sim_stamp())[0] - q0[0]))
+    setpoints = np.array(pans)
+    before = setpoints[(setpoints[:, 0] > 0.2) & (setpoints[:, 0] < 0.45)]
+    # Until t0+0.5 the first trajectory runs (0.6 * t) ...
+    np.testing.assert_allclose(before[:, 1], 0.6 * before[:, 0], atol=0.03)
+    # ... it never reaches its own goal, and the second one wins.
+    assert setpoints[:, 1].max() < 0.35
+    np.testing.assert_allclose(setpoints[-1, 1], -0.3, atol=1e-6)
+    assert probe.pan() - q0[0] == pytest.approx(-0.3, abs=0.03)  # the simulated servo got there
+
+
+def test_joint_states_and_cameras_are_published_with_capture_stamps(rig, so101) -> None:
+    graph, _twin, probe = rig
+    graph.spin_until(lambda: len(probe.images) >= 3 and len(probe.infos) >= 3, 5.0)
+    assert list(probe.states[-1].name) == so101.joint_names
+    img = probe.images[-1]
+    assert (img.width, img.height, img.encoding) == (64, 48, "rgb8")
+    assert probe.infos[-1].header.stamp == img.header.stamp
+    stamps = [s.header.stamp.sec + s.header.stamp.nanosec * 1e-9 for s in probe.states[-50:]]
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    assert rate > 100  # joint states at >= 100 Hz of sim time
+
+
+def test_reset_service_uses_the_next_seed_and_refuses_bad_commands(rig, so101) -> None:
+    graph, twin, probe = rig
+    client = probe.create_client(Trigger, "/twin/reset")
+    future = client.call_async(Trigger.Request())
+    assert graph.spin_until(future.done)
+    assert future.result().message == "seed=0"
+    bad = trajectory_msg(["nope"] + so101.joint_names[1:], probe.now(), [0.1], np.zeros(6))
+    end_before = twin.follower.end_time
+    probe.pub.publish(bad)
+    graph.spin_for(0.2)
+    assert twin.follower.end_time == end_before
