@@ -67,6 +67,7 @@ def test_new_trajectory_replaces_the_old_one_from_its_start_time(rig, so101) -> 
 def test_joint_states_and_cameras_are_published_with_capture_stamps(rig, so101) -> None:
     graph, _twin, probe = rig
     graph.spin_until(lambda: len(probe.images) >= 3 and len(probe.infos) >= 3, 5.0)
+    graph.spin_for(1.0)  # past start-up (GL context creation)
     assert list(probe.states[-1].name) == so101.joint_names
     img = probe.images[-1]
     assert (img.width, img.height, img.encoding) == (64, 48, "rgb8")
