@@ -74,8 +74,12 @@ def _sim_view(a: argparse.Namespace) -> int:
 
 def _rehearse(a: argparse.Namespace) -> int:
     from tether.graph import RehearsalArgs, rehearsal_graph
+    from tether.robot_profile import load_profile
     from tether.runner import GraphFailed, run_graph
+    from tether.sim.tasks import get_task
 
+    load_profile(a.robot)  # fail fast, before any process starts
+    get_task(a.task)
     w, h = a.camera_size or (0, 0)
     args = RehearsalArgs(
         robot=a.robot, task=a.task, source=a.source, episodes=a.episodes, seed=a.seed,

@@ -86,12 +86,12 @@ def _wait(running: list[RunningNode], timeout: float | None) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     terminal = next(r for r in running if r.spec.terminal)
     while True:
-        code = terminal.process.poll()
-        if code is not None:
-            return code
         for r in running:
             if r is not terminal and r.process.poll() is not None:
                 raise GraphFailed(f"node '{r.spec.name}' exited with {r.process.returncode}:\n{_tail(r.log)}")
+        code = terminal.process.poll()
+        if code is not None:
+            return code
         if deadline is not None and time.monotonic() > deadline:
             raise GraphFailed(f"graph did not finish within {timeout:.0f} s")
         time.sleep(0.1)
@@ -100,7 +100,7 @@ def _wait(running: list[RunningNode], timeout: float | None) -> int:
 def _stop(running: list[RunningNode]) -> None:
     for r in running:
         if r.process.poll() is None:
-            r.process.send_signal(signal.SIGINT)
+            r.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 5.0
     for r in running:
         try:

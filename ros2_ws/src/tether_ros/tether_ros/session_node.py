@@ -56,7 +56,7 @@ class SessionNode(Node):
         self._rtf: list[float] = []
         self._video: VideoWriter | None = None
         self._recording = False
-        self._clients = {
+        self._trigger_clients = {
             name: self.create_client(Trigger, srv)
             for name, srv in {
                 "twin_reset": "/twin/reset",
@@ -93,7 +93,7 @@ class SessionNode(Node):
 
     # --- episodes -----------------------------------------------------------
     def _call(self, name: str, timeout: float = 10.0) -> Trigger.Response:
-        client = self._clients[name]
+        client = self._trigger_clients[name]
         if not client.wait_for_service(timeout_sec=timeout):
             raise GraphError(f"service {client.srv_name} did not appear within {timeout:.0f} s")
         future = client.call_async(Trigger.Request())
