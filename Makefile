@@ -9,7 +9,7 @@ EXTRAS := sim,ros,runtime,dev
 export MUJOCO_GL ?= egl
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: install test test-slow demo bench typecheck clean system-deps
+.PHONY: install test test-slow demo bench typecheck clean
 
 install: $(STAMP)
 
@@ -38,3 +38,6 @@ typecheck: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+bench: install
+	$(BIN)/tether bench sim --json runs/bench/sim.json

@@ -105,11 +105,31 @@ def _rehearse(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks: JSON results plus a markdown summary")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    sim = bench_sub.add_parser("sim", help="twin physics and rendering throughput")
+    sim.add_argument("--robot", default="so101")
+    sim.add_argument("--repeats", type=int, default=5)
+    sim.add_argument("--json", type=Path, default=Path("runs/bench/sim.json"))
+    sim.set_defaults(func=_bench_sim)
+
+
+def _bench_sim(a: argparse.Namespace) -> int:
+    from tether.robot_profile import load_profile
+    from tether.sim import benchmark
+
+    md = benchmark.write(benchmark.run(load_profile(a.robot), repeats=a.repeats), a.json)
+    print(md.read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="ROS 2 control stack for learned robot policies")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_rehearse(sub)
     _add_sim(sub)
+    _add_bench(sub)
     return parser
 
 
