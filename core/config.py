@@ -35,9 +35,14 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
             raise UnknownKeyError(where, str(key), fields)
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
+    # A dataclass may name the error its bad values raise (e.g. a camera's CameraPoseError).
+    error_cls: type[ConfigError] = getattr(cls, "config_error", ConfigError)
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}")
+            try:
+                kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}")
+            except ConfigError as exc:
+                raise (exc if isinstance(exc, error_cls) else error_cls(str(exc))) from exc
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise MissingKeyError(where, name)
     return cls(**kwargs)

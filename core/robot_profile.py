@@ -13,6 +13,7 @@ import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,8 @@ class CameraSpec:
     The pose is ``pos`` plus exactly one of ``look_at`` (a point in the parent
     frame, with ``up``) or ``quat`` (w, x, y, z; MuJoCo's camera looks down -z).
     """
+
+    config_error: ClassVar[type[ConfigError]] = CameraPoseError
 
     name: str
     parent: str
