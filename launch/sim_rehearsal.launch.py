@@ -32,7 +32,8 @@ def _nodes(context, *_args, **_kwargs):
                 name=spec.name,
                 parameters=[spec.parameters],
                 output="screen",
-                on_exit=[Shutdown(reason=f"{spec.name} finished")] if spec.terminal else None,
+                # The session ending, or any node dying, ends the launch (as in `tether rehearse`).
+                on_exit=[Shutdown(reason=f"{spec.name} exited")],
             )
         )
     return actions

@@ -1,0 +1,245 @@
+"""The ROS 2 launch file and the ament_python package, checked without a ROS install.
+
+``launch``/``launch_ros`` are not on PyPI, so the launch file is executed against
+recorder stand-ins of the few names it uses; the assertions are on what the file
+builds: one launch argument per ``RehearsalArgs`` field and one Node per NodeSpec
+of ``tether.graph``, with the graph's package, executable, name and parameters.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import sys
+import types
+import typing
+import xml.etree.ElementTree as ET
+from configparser import ConfigParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether import graph as graph_module
+from tether.graph import GRAPHS, SOURCES, NodeSpec, RehearsalArgs, rehearsal_graph
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH_FILE = ROOT / "launch" / "sim_rehearsal.launch.py"
+PKG = ROOT / "ros2_ws" / "src" / "tether_ros"
+PKG_NAME = "tether_ros"
+
+
+# --- recorder stand-ins for launch / launch_ros -----------------------------------------------
+class _Recorded:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+
+class _LaunchDescription(_Recorded):
+    pass
+
+
+class _DeclareLaunchArgument(_Recorded):
+    pass
+
+
+class _OpaqueFunction(_Recorded):
+    pass
+
+
+class _Shutdown(_Recorded):
+    pass
+
+
+class _Node(_Recorded):
+    pass
+
+
+class _LaunchConfiguration(_Recorded):
+    def perform(self, context: _Context) -> str:
+        return context.launch_configurations[self.args[0]]
+
+
+class _Context:
+    """The part of launch.LaunchContext that LaunchConfiguration.perform reads: strings only."""
+
+    def __init__(self, configurations: dict[str, str]) -> None:
+        self.launch_configurations = configurations
+
+
+def _stub_modules() -> dict[str, types.ModuleType]:
+    names: dict[str, dict[str, Any]] = {
+        "launch": {"LaunchDescription": _LaunchDescription},
+        "launch.actions": {
+            "DeclareLaunchArgument": _DeclareLaunchArgument,
+            "OpaqueFunction": _OpaqueFunction,
+            "Shutdown": _Shutdown,
+        },
+        "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
+        "launch_ros": {},
+        "launch_ros.actions": {"Node": _Node},
+    }
+    modules = {}
+    for name, attrs in names.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        modules[name] = module
+    modules["launch"].actions = modules["launch.actions"]  # type: ignore[attr-defined]
+    modules["launch"].substitutions = modules["launch.substitutions"]  # type: ignore[attr-defined]
+    modules["launch_ros"].actions = modules["launch_ros.actions"]  # type: ignore[attr-defined]
+    return modules
+
+
+@pytest.fixture
+def launch_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    for name, module in _stub_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("_sim_rehearsal_launch", LAUNCH_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(launch_module: types.ModuleType, overrides: dict[str, str]) -> tuple[list[Any], list[Any]]:
+    """Run the file as `ros2 launch ... k:=v`: declared defaults, then the command line, then the OpaqueFunction."""
+    description = launch_module.generate_launch_description()
+    assert isinstance(description, _LaunchDescription)
+    entities = list(description.args[0])
+    declared = [e for e in entities if isinstance(e, _DeclareLaunchArgument)]
+    opaque = [e for e in entities if isinstance(e, _OpaqueFunction)]
+    assert len(opaque) == 1, "the nodes are built in exactly one OpaqueFunction"
+    configurations = {d.args[0]: d.kwargs["default_value"] for d in declared}
+    assert set(overrides) <= set(configurations), "overriding an undeclared launch argument"
+    configurations.update(overrides)
+    nodes = opaque[0].kwargs["function"](_Context(configurations))
+    return declared, list(nodes)
+
+
+def _typed(params: dict[str, Any]) -> dict[str, tuple[type, Any]]:
+    # 1 == 1.0 == True in Python; a ROS parameter's type is part of its value.
+    return {k: (type(v), v) for k, v in params.items()}
+
+
+# --- the launch file ------------------------------------------------------------------------
+def test_launch_file_structure() -> None:
+    tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in functions
+    imported = {
+        alias.name
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and n.module == "tether.graph"
+        for alias in n.names
+    }
+    assert "rehearsal_graph" in imported, "the launch file must build its nodes from tether.graph"
+
+
+def test_every_rehearsal_arg_is_a_launch_argument(launch_module: types.ModuleType) -> None:
+    declared, _ = _build(launch_module, {})
+    defaults = RehearsalArgs()
+    fields = dataclasses.fields(RehearsalArgs)
+    assert [d.args[0] for d in declared] == [f.name for f in fields]
+    for d in declared:
+        assert d.kwargs["default_value"] == str(getattr(defaults, d.args[0]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"episodes": "1", "camera_width": "64", "camera_height": "48", "report": "/tmp/r", "episode_timeout": "5"},
+        {"seed": "7", "gate_rate_hz": "100", "video_episodes": "0", "robot": "panda"},
+    ],
+)
+def test_one_node_per_graph_node(launch_module: types.ModuleType, overrides: dict[str, str]) -> None:
+    _, nodes = _build(launch_module, overrides)
+    defaults = RehearsalArgs()
+    values = {k: type(getattr(defaults, k))(v) for k, v in overrides.items()}
+    expected = rehearsal_graph(dataclasses.replace(defaults, **values))
+    assert len(nodes) == len(expected)
+    for node, spec in zip(nodes, expected, strict=True):
+        assert isinstance(node, _Node)
+        kw = node.kwargs
+        assert (kw["package"], kw["executable"], kw["name"]) == (spec.package, spec.executable, spec.name)
+        params = kw["parameters"]
+        assert len(params) == 1
+        assert _typed(params[0]) == _typed(spec.parameters)
+        # As in the embedded runner: the session ending, or any node dying, ends the launch.
+        on_exit = kw.get("on_exit")
+        assert on_exit and all(isinstance(a, _Shutdown) for a in on_exit)
+
+
+def test_graph_parameters_are_launchable() -> None:
+    # launch_ros rejects empty lists (no element type) and mixed-type lists in parameter dicts.
+    for spec in _all_graph_nodes():
+        for key, value in spec.parameters.items():
+            if isinstance(value, list):
+                assert value and all(isinstance(v, str) for v in value), f"{spec.name}.{key}={value!r}"
+
+
+# --- the ament_python package ---------------------------------------------------------------
+def _all_graph_nodes() -> list[NodeSpec]:
+    nodes: list[NodeSpec] = []
+    for build in GRAPHS.values():
+        hints = typing.get_type_hints(build, vars(graph_module))
+        args_type = next(t for name, t in hints.items() if name != "return")
+        variants = [args_type()]
+        if "source" in {f.name for f in dataclasses.fields(args_type)}:
+            variants = [args_type(source=s) for s in SOURCES]
+        for args in variants:
+            nodes += build(args)
+    return nodes
+
+
+def _setup_kwargs(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    import setuptools
+
+    recorded: dict[str, Any] = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: recorded.update(kw))
+    code = compile((PKG / "setup.py").read_text(), str(PKG / "setup.py"), "exec")
+    exec(code, {"__name__": "__main__", "__file__": str(PKG / "setup.py")})
+    assert recorded, "setup.py did not call setuptools.setup"
+    return recorded
+
+
+def test_console_scripts_cover_every_graph_executable(monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = _setup_kwargs(monkeypatch)
+    assert kw["name"] == PKG_NAME
+    scripts = {}
+    for line in kw["entry_points"]["console_scripts"]:
+        name, target = (s.strip() for s in line.split("="))
+        scripts[name] = target
+    needed = {s.executable for s in _all_graph_nodes() if s.package == PKG_NAME}
+    assert needed <= set(scripts), f"missing console_scripts: {sorted(needed - set(scripts))}"
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        path = PKG / (module.replace(".", "/") + ".py")
+        assert path.is_file(), f"{name} -> {target}: no {path.relative_to(ROOT)}"
+        tree = ast.parse(path.read_text())
+        assert func in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, f"{name} -> {target}"
+
+
+def test_ament_index_and_script_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = _setup_kwargs(monkeypatch)
+    data_files = {dest: list(srcs) for dest, srcs in kw["data_files"]}
+    assert f"resource/{PKG_NAME}" in data_files["share/ament_index/resource_index/packages"]
+    assert "package.xml" in data_files[f"share/{PKG_NAME}"]
+    assert (PKG / "resource" / PKG_NAME).is_file()
+    # ros2 run / launch_ros look for executables in <prefix>/lib/<package>, not <prefix>/bin.
+    cfg = ConfigParser()
+    cfg.read(PKG / "setup.cfg")
+    assert cfg.get("develop", "script_dir") == f"$base/lib/{PKG_NAME}"
+    assert cfg.get("install", "install_scripts") == f"$base/lib/{PKG_NAME}"
+
+
+def test_package_xml_is_format_3_ament_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = ET.parse(PKG / "package.xml").getroot()
+    assert root.tag == "package" and root.get("format") == "3"
+    assert root.findtext("name") == PKG_NAME
+    assert root.findtext("export/build_type") == "ament_python"
+    assert root.findtext("version") == _setup_kwargs(monkeypatch)["version"]
+    exec_depends = {e.text for e in root.findall("exec_depend")}
+    assert {"rclpy", "launch", "launch_ros"} <= exec_depends
