@@ -71,8 +71,8 @@ class RehearsalReport:
 
     def write(self, out_dir: Path) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
-        data = self.as_dict()
-        (out_dir / "report.json").write_text(json.dumps(data, indent=2))
+        data = _json_safe(self.as_dict())
+        (out_dir / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False))
         (out_dir / "report.md").write_text(self.markdown(data))
         self.plot(out_dir / "report.png")
         return data
@@ -87,12 +87,13 @@ class RehearsalReport:
             "|---|---|",
             f"| success | {d['successes']}/{d['episodes']} = {d['success_rate']:.2f} (95% CI {d['ci95'][0]:.2f}–{d['ci95'][1]:.2f}) |",
             f"| mean episode duration | {d['mean_duration_s']:.2f} s |",
-            f"| obs → gated command latency | p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms |",
+            f"| obs → gated command latency | p50 {_fmt(lat.get('p50'), '.2f')} ms, p99 {_fmt(lat.get('p99'), '.2f')} ms |",
             f"| command rate | {d['command_rate_hz']:.1f} Hz (nominal {1e3 / per['nominal']:.0f} Hz) |",
-            f"| command period | p50 {per['p50']:.2f} ms, p99 {per['p99']:.2f} ms; jitter p99 {jit['p99']:.2f} ms |",
+            f"| command period | p50 {_fmt(per['p50'], '.2f')} ms, p99 {_fmt(per['p99'], '.2f')} ms; "
+            f"jitter p99 {_fmt(jit['p99'], '.2f')} ms |",
             f"| missed deadlines (period > 2× nominal) | {d['missed_deadlines']} |",
             f"| gate holds / e-stops | {d['gate_holds']} / {d['estops']} |",
-            f"| twin compute real-time factor | {d['twin_compute_rtf']:.1f}× |",
+            f"| twin compute real-time factor | {_fmt(d['twin_compute_rtf'], '.1f')}× |",
             "",
             "![outcomes and timing](report.png)",
             "",
@@ -122,3 +123,18 @@ class RehearsalReport:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a figure that was not measured) becomes null: strict JSON has no NaN."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)

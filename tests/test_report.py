@@ -28,3 +28,11 @@ def test_report_summarizes_outcomes_latency_and_timing(tmp_path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "3/4 = 0.75" in md and "| 2 | 12 | no |" in md
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unmeasured_figures_are_null_not_nan(tmp_path) -> None:
+    report = RehearsalReport([EpisodeResult(0, 0, False, 20.0)], {}, [], 5.0)
+    data = report.write(tmp_path)
+    assert data["twin_compute_rtf"] is None and data["command_period_ms"]["p50"] is None
+    json.loads((tmp_path / "report.json").read_text())  # strict JSON
+    assert "n/a" in (tmp_path / "report.md").read_text()
