@@ -99,8 +99,8 @@ def _rehearse(a: argparse.Namespace) -> int:
     lat = summary["latency_ms"]["obs_to_command"]
     lo, hi = summary["ci95"]
     print(f"success {summary['successes']}/{summary['episodes']} = {summary['success_rate']:.2f} "
-          f"(95% CI {lo:.2f}-{hi:.2f}); obs->command p50 {lat.get('p50', float('nan')):.1f} ms "
-          f"p99 {lat.get('p99', float('nan')):.1f} ms; command rate {summary['command_rate_hz']:.0f} Hz")
+          f"(95% CI {lo:.2f}-{hi:.2f}); obs->command p50 {lat.get('p50') or float('nan'):.1f} ms "
+          f"p99 {lat.get('p99') or float('nan'):.1f} ms; command rate {summary['command_rate_hz']:.0f} Hz")
     print(f"report: {a.report / 'report.md'}")
     return 0
 

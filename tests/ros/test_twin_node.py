@@ -88,3 +88,20 @@ def test_reset_service_uses_the_next_seed_and_refuses_bad_commands(rig, so101) -
     probe.pub.publish(bad)
     graph.spin_for(0.2)
     assert twin.follower.end_time == end_before
+
+
+def test_clock_mode_runs_faster_than_real_time(graph, so101) -> None:
+    from rosgraph_msgs.msg import Clock
+
+    twin = graph.add(TwinNode(parameter_overrides=[
+        Parameter("publish_clock", value=True), Parameter("speed", value=3.0),
+        Parameter("publish_cameras", value=False)]))
+    probe = graph.add(Node("clock_probe"))
+    clocks: list[float] = []
+    probe.create_subscription(Clock, "/clock", lambda m: clocks.append(m.clock.sec + m.clock.nanosec * 1e-9), 10)
+    assert graph.spin_until(lambda: len(clocks) > 2)
+    start = clocks[-1]
+    graph.spin_for(1.0)
+    assert all(b >= a for a, b in zip(clocks, clocks[1:]))  # monotonic
+    assert clocks[-1] - start > 1.5  # about 3 s of sim time per wall second
+    assert clocks[-1] - twin._t0 == pytest.approx(twin.twin.time, abs=0.05)  # /clock is sim time
