@@ -44,14 +44,20 @@ class ExpertNode(Node):
         self.create_subscription(PoseStamped, OBJECT_POSE, self._on_object, 10)
         self.create_subscription(PoseStamped, TARGET_POSE, self._on_target, 10)
         self.create_service(Trigger, "~/reset", self._reset)
-        self.create_timer(self.period, self._act)
         self._state: JointState | None = None
         self._object: PoseStamped | None = None
         self._target: PoseStamped | None = None
         self._episode_start: float | None = None
+        self._last_act = -float("inf")
 
     def _on_state(self, msg: JointState) -> None:
+        # Act on a fresh state rather than on a timer: the chunk then starts from an observation
+        # that is microseconds old, not up to one state period old.
         self._state = msg
+        stamp = to_sec(msg.header.stamp)
+        if stamp - self._last_act >= self.period - 1e-3 or stamp < self._last_act:
+            self._last_act = stamp
+            self._act()
 
     def _on_object(self, msg: PoseStamped) -> None:
         self._object = msg

@@ -120,7 +120,7 @@ class GateNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    return run(GateNode, args)
+    return run(GateNode, args, events=True)  # the 200 Hz stream needs the lowest-overhead executor
 
 
 if __name__ == "__main__":

@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.experimental import EventsExecutor
 from rclpy.node import Node
 
 
-def run(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
+def run(make_node: Callable[[], Node], args: list[str] | None = None, *, events: bool = False) -> int:
+    """Spin one node in bounded steps (EventsExecutor ignores signals in an unbounded spin)."""
     rclpy.init(args=args)
     node: Node | None = None
     code = 0
     try:
         node = make_node()
-        executor = SingleThreadedExecutor()
+        executor: Executor = EventsExecutor() if events else SingleThreadedExecutor()
         executor.add_node(node)
         while rclpy.ok() and not getattr(node, "finished", False):
             executor.spin_once(timeout_sec=0.1)
