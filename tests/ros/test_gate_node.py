@@ -27,11 +27,14 @@ class Probe(Node):
         self.chunk_pub = self.create_publisher(JointTrajectory, source_topic("expert"), COMMAND_QOS)
         self.commands: list[JointTrajectory] = []
         self.diagnostics: list[str] = []
+        self.rates: list[str] = []
         self.create_subscription(JointTrajectory, profile.command_topic, self.commands.append, COMMAND_QOS)
         self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._diag, 50)
 
     def _diag(self, msg: DiagnosticArray) -> None:
-        self.diagnostics += [s.message for s in msg.status if s.name == "tether/gate"]
+        gate = [s for s in msg.status if s.name == "tether/gate"]
+        self.diagnostics += [s.message for s in gate]
+        self.rates += [kv.value for s in gate for kv in s.values if kv.key == "rate_hz" and kv.value != "0.0"]
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -77,6 +80,7 @@ def test_gate_streams_the_source_at_its_rate_and_holds_when_states_go_stale(rig,
     held = [np.array(c.points[0].positions) for c in probe.commands[-20:]]
     assert all(np.allclose(h, held[0]) for h in held)
     assert graph.spin_until(lambda: "stale_joint_states" in probe.diagnostics, 2.0)
+    assert 150 < float(probe.rates[-1]) < 250  # the gate reports its own stream rate
 
 
 def test_silent_source_makes_the_gate_hold(rig, so101) -> None:

@@ -58,8 +58,11 @@ class GateNode(Node):
         self.create_service(Trigger, "~/clear_estop", self._clear_estop)
         self.create_service(Trigger, "~/reset", self._reset)
         self.create_timer(self.gate.period, self._tick)
-        self.create_timer(1.0, self._publish_diagnostics)
+        self.create_timer(1.0, self._measure_rate)
         self._last_state = ""
+        self._ticks_since_diag = 0
+        self._last_diag = self._now()
+        self._rate = 0.0
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -83,6 +86,7 @@ class GateNode(Node):
     def _tick(self) -> None:
         now = self._now()
         cmd = self.gate.tick(now)
+        self._ticks_since_diag += 1
         if cmd is None:
             return
         self.command_pub.publish(trajectory_msg(self.profile.joint_names, now, [self.gate.period], cmd.positions))
@@ -106,8 +110,15 @@ class GateNode(Node):
         res.success, res.message = True, "gate re-anchored on the measured state"
         return res
 
+    def _measure_rate(self) -> None:
+        now = self._now()
+        self._rate = round(self._ticks_since_diag / max(now - self._last_diag, 1e-9), 1)
+        self._ticks_since_diag, self._last_diag = 0, now
+        self._publish_diagnostics()
+
     def _publish_diagnostics(self) -> None:
         diag = self.gate.diagnostics()
+        diag["rate_hz"] = self._rate
         level = DiagnosticStatus.ERROR if self.gate.estopped else DiagnosticStatus.OK
         self._publish_status(level, self._last_state or "waiting for joint states", diag)
 
