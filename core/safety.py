@@ -82,11 +82,14 @@ class SafetyFilter:
         self.limits = limits
         self._last: np.ndarray | None = None
         self._velocity = np.zeros_like(limits.lower)
-        self.limited_count = 0
+        self._last_target: np.ndarray | None = None
+        self.limited_count = 0  # commands that ended more than ``limited_tolerance`` from the target
+        self.limited_tolerance = 1e-3  # rad
 
     def reset(self, position: np.ndarray) -> None:
         self._last = np.clip(np.asarray(position, float), self.limits.lower, self.limits.upper)
         self._velocity = np.zeros_like(self._last)
+        self._last_target = None
 
     @property
     def last(self) -> np.ndarray | None:
@@ -99,21 +102,22 @@ class SafetyFilter:
         assert self._last is not None
         target = np.clip(desired, lim.lower, lim.upper)
         target = np.clip(target, measured - lim.max_step, measured + lim.max_step)
+        # Track a moving target without lag: brake on the error relative to the target's own motion.
+        target_velocity = np.zeros_like(target) if self._last_target is None else (target - self._last_target) / dt
+        self._last_target = target
         error = target - self._last
-        # Braking-aware cap so the acceleration limit never forces an overshoot.
         a = lim.max_acceleration
-        # Fastest speed from which discrete braking at ``a`` still stops within |error|.
+        # Fastest relative speed from which discrete braking at ``a`` still stops within |error|.
         v_brake = a * (np.sqrt(dt * dt / 4.0 + 2.0 * np.abs(error) / a) - dt / 2.0)
-        v_cap = np.minimum(lim.max_velocity, v_brake)
-        v_wanted = np.clip(error / dt, -v_cap, v_cap)
-        dv = np.clip(v_wanted - self._velocity, -lim.max_acceleration * dt, lim.max_acceleration * dt)
+        v_wanted = target_velocity + np.clip(error / dt - target_velocity, -v_brake, v_brake)
+        dv = np.clip(v_wanted - self._velocity, -a * dt, a * dt)
         velocity = np.clip(self._velocity + dv, -lim.max_velocity, lim.max_velocity)
         out = self._last + velocity * dt
         passed = (out - target) * (self._last - target) < 0
         out[passed] = target[passed]  # arrive rather than overshoot
         # The position and step bounds are hard, whatever the dynamics wanted.
         out = np.clip(np.clip(out, measured - lim.max_step, measured + lim.max_step), lim.lower, lim.upper)
-        if not np.allclose(out, target, atol=1e-9):
+        if np.max(np.abs(out - target)) > self.limited_tolerance:
             self.limited_count += 1
         self._velocity = (out - self._last) / dt
         self._last = out

@@ -82,3 +82,18 @@ def test_filter_does_not_overshoot(so101) -> None:
         q = f(target, q, 0.005)
         assert np.all(q <= target + 1e-9)
     np.testing.assert_allclose(q, np.minimum(target, so101.upper), atol=1e-6)
+
+
+def test_filter_tracks_a_smooth_moving_target_without_lag(so101) -> None:
+    f = SafetyFilter(SafetyLimits.from_profile(so101, max_step=0.35))
+    dt, q = 0.005, so101.home.copy()
+    f.reset(q)
+    errors = []
+    for k in range(400):  # 1 rad/s ramp on shoulder_pan, well inside the limits
+        target = so101.home.copy()
+        target[0] = min(1.0 * k * dt, 1.5)
+        q = f(target, q, dt)
+        errors.append(abs(q[0] - target[0]))
+    assert max(errors[40:295]) < 1e-3  # after the acceleration phase it rides on the ramp
+    assert max(errors[295:]) < 0.03 and errors[-1] < 1e-6  # an instant stop is braked, then reached
+    assert f.limited_count < 40
