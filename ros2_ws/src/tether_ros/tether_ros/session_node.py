@@ -55,6 +55,9 @@ class SessionNode(Node):
         self._gate: dict[str, str] = {}
         self._rtf: list[float] = []
         self._video: VideoWriter | None = None
+        # Frames are encoded in the executor thread and the file closed in the episode thread;
+        # PyAV is not thread-safe, so both hold this lock.
+        self._video_lock = threading.Lock()
         self._recording = False
         self._trigger_clients = {
             name: self.create_client(Trigger, srv)
@@ -67,7 +70,9 @@ class SessionNode(Node):
         }
         self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
         self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diag, 50)
-        self.create_subscription(Image, camera_topic(self.video_camera), self._on_image, 5)
+        self._image_sub = self.create_subscription(Image, camera_topic(self.video_camera), self._on_image, 5)
+        self._episodes_done = 0
+        self.create_timer(0.5, self._drop_camera_when_done)
         threading.Thread(target=self._main, daemon=True).start()
 
     # --- listeners ----------------------------------------------------------
@@ -86,10 +91,17 @@ class SessionNode(Node):
                 self._rtf.append(float(values["compute_rtf"]))
 
     def _on_image(self, msg: Image) -> None:
-        if self._video is None or not self._recording:
-            return
-        frame = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
-        self._video.write(frame)
+        with self._video_lock:
+            if self._video is None or not self._recording:
+                return
+            frame = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+            self._video.write(frame)
+
+    def _drop_camera_when_done(self) -> None:
+        # In the executor thread: once the videos are written, unsubscribe so the twin stops rendering.
+        if self._image_sub is not None and self._episodes_done >= self.video_episodes:
+            self.destroy_subscription(self._image_sub)
+            self._image_sub = None
 
     # --- episodes -----------------------------------------------------------
     def _call(self, name: str, timeout: float = 10.0) -> Trigger.Response:
@@ -113,7 +125,8 @@ class SessionNode(Node):
         self._call("gate_reset")
         seed = int(seed_msg.split("=")[1]) if seed_msg.startswith("seed=") else -1
         if index < self.video_episodes:
-            self._video = VideoWriter(self.report_dir / f"episode_{index:03d}.mp4", fps=30)
+            with self._video_lock:
+                self._video = VideoWriter(self.report_dir / f"episode_{index:03d}.mp4", fps=30)
         self._last_command = None
         self._recording = True
         start = time.monotonic()
@@ -123,10 +136,11 @@ class SessionNode(Node):
             if self._call("success").success:
                 success = True
                 break
-        self._recording = False
-        if self._video is not None:
-            self._video.close()
-            self._video = None
+        with self._video_lock:
+            self._recording = False
+            if self._video is not None:
+                self._video.close()
+                self._video = None
         return EpisodeResult(index, seed, success, time.monotonic() - start)
 
     def _main(self) -> None:
@@ -135,6 +149,7 @@ class SessionNode(Node):
             bar = tqdm(range(self.episodes), desc="rehearsal", unit="ep", file=sys.stderr, dynamic_ncols=True)
             for i in bar:
                 results.append(self._episode(i))
+                self._episodes_done += 1
                 bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
             bar.close()
             time.sleep(1.2)  # let the gate's 1 Hz diagnostics catch the last episode

@@ -126,6 +126,8 @@ class TwinNode(Node):
     def _publish_images(self, stamp: float) -> None:
         start = time.perf_counter()
         for name, (image_pub, info_pub) in self.image_pubs.items():
+            if image_pub.get_subscription_count() == 0 and info_pub.get_subscription_count() == 0:
+                continue  # lazy, like camera drivers: nobody listens, nothing is rendered
             rgb = self.twin.render(name)
             msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
             msg.header.stamp, msg.header.frame_id = to_stamp(stamp), f"{name}_optical_frame"
