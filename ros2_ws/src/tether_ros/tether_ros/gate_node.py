@@ -9,6 +9,9 @@ reports state, rates and every refusal on ``/diagnostics``.
 
 from __future__ import annotations
 
+import collections
+import os
+
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
@@ -47,6 +50,7 @@ class GateNode(Node):
             active_source=str(self.declare_parameter("active_source", defaults.active_source).value),
         )
         self.gate = Gate(self.profile, config)
+        self._raise_priority(int(self.declare_parameter("realtime_priority", 40).value))
         self.command_pub = self.create_publisher(JointTrajectory, self.profile.command_topic, COMMAND_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
@@ -63,6 +67,18 @@ class GateNode(Node):
         self._ticks_since_diag = 0
         self._last_diag = self._now()
         self._rate = 0.0
+        self._last_tick: float | None = None
+        self._periods: collections.deque[float] = collections.deque(maxlen=2000)  # ~10 s of ticks
+
+    def _raise_priority(self, priority: int) -> None:
+        """SCHED_FIFO for the command stream when allowed (root or CAP_SYS_NICE); 0 disables."""
+        if priority <= 0:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            self.get_logger().info(f"command stream at SCHED_FIFO priority {priority}")
+        except (PermissionError, AttributeError, OSError) as exc:
+            self.get_logger().warning(f"no real-time priority ({exc}); the 200 Hz stream may jitter under load")
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -87,6 +103,9 @@ class GateNode(Node):
         now = self._now()
         cmd = self.gate.tick(now)
         self._ticks_since_diag += 1
+        if self._last_tick is not None:
+            self._periods.append((now - self._last_tick) * 1e3)
+        self._last_tick = now
         if cmd is None:
             return
         self.command_pub.publish(trajectory_msg(self.profile.joint_names, now, [self.gate.period], cmd.positions))
@@ -119,6 +138,8 @@ class GateNode(Node):
     def _publish_diagnostics(self) -> None:
         diag = self.gate.diagnostics()
         diag["rate_hz"] = self._rate
+        if self._periods:
+            diag["tick_period_p99_ms"] = round(float(np.percentile(self._periods, 99)), 3)
         level = DiagnosticStatus.ERROR if self.gate.estopped else DiagnosticStatus.OK
         self._publish_status(level, self._last_state or "waiting for joint states", diag)
 

@@ -18,6 +18,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 from tqdm import tqdm
@@ -76,11 +77,12 @@ class SessionNode(Node):
         threading.Thread(target=self._main, daemon=True).start()
 
     # --- listeners ----------------------------------------------------------
-    def _on_command(self, _msg: JointTrajectory) -> None:
-        now = time.perf_counter()
+    def _on_command(self, _msg: JointTrajectory, info: MessageInfo) -> None:
+        # DDS's reception time: the period on the wire, not when this process got scheduled.
+        received = info["received_timestamp"] * 1e-9
         if self._last_command is not None and self._recording:
-            self._periods.append((now - self._last_command) * 1e3)
-        self._last_command = now
+            self._periods.append((received - self._last_command) * 1e3)
+        self._last_command = received
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
