@@ -108,12 +108,14 @@ class RehearsalReport:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
 
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
         idx = [e.index for e in self.episodes]
         colors = ["tab:green" if e.success else "tab:red" for e in self.episodes]
         ax1.bar(idx, [e.duration_s for e in self.episodes], color=colors)
         ax1.set(xlabel="episode", ylabel="duration (s)", title="Episodes (green = success)")
+        ax1.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         periods = np.asarray(self.command_periods_ms)
         if periods.size:
             ax2.hist(periods, bins=60, color="tab:blue", log=True)
