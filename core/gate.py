@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
@@ -32,13 +33,21 @@ class GateConfig:
     source_timeout: float = 0.5  # s; a silent active source makes the gate hold
     max_step: float = 0.35  # rad; how far a command may lead the measured state
     sources: list[str] = field(default_factory=lambda: ["expert", "policy", "teleop"])
-    active_source: str = "expert"
+    active_source: str = "expert"  # the autonomous source: a policy, or the scripted expert
+    human_source: str = "teleop"
 
     def __post_init__(self) -> None:
-        if self.active_source not in self.sources:
-            raise ConfigError(f"active_source '{self.active_source}' is not one of the sources {self.sources}")
+        for role in ("active_source", "human_source"):
+            if getattr(self, role) not in self.sources:
+                raise ConfigError(f"{role} '{getattr(self, role)}' is not one of the sources {self.sources}")
         if self.rate_hz <= 0 or self.state_timeout <= 0 or self.source_timeout <= 0:
             raise ConfigError("rate_hz, state_timeout and source_timeout must be positive")
+
+
+class Mode(str, Enum):
+    AUTONOMOUS = "autonomous"
+    HUMAN = "human"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class Gate:
         self.config = config or GateConfig()
         self.period = 1.0 / self.config.rate_hz
         self.filter = SafetyFilter(SafetyLimits.from_profile(profile, self.config.max_step))
-        self.active_source = self.config.active_source
+        self.mode = Mode.AUTONOMOUS
         self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)
         self.counters: collections.Counter[str] = collections.Counter()
         self._follower: TrajectoryFollower | None = None
@@ -97,7 +106,7 @@ class Gate:
             self.counters[f"rejected_{exc.reason}"] += 1
             raise
         self.counters["clamped_values"] += clamped
-        if source != self.active_source:
+        if self.mode is Mode.PAUSED or source != self.active_source:
             return False
         if self._follower is None:
             self._follower = TrajectoryFollower(self._anchor(), now)
@@ -129,11 +138,33 @@ class Gate:
             self.filter.reset(self._measured)
         self._hold_q = None
 
-    def set_active_source(self, source: str) -> None:
-        if source not in self.config.sources:
-            raise ConfigError(f"unknown source '{source}'; sources: {self.config.sources}")
-        self.active_source = source
+    @property
+    def active_source(self) -> str:
+        return self.config.human_source if self.mode is Mode.HUMAN else self.config.active_source
+
+    @property
+    def intervention(self) -> bool:
+        """A human is in control (HG-DAgger style label)."""
+        return self.mode is Mode.HUMAN
+
+    def set_mode(self, mode: Mode | str) -> bool:
+        """Switch who drives; returns True when the mode changed.
+
+        The new source starts from the last safe command (its chunks are anchored there and the
+        safety filter keeps velocity continuous), so a takeover never jumps.
+        """
+        try:
+            new = Mode(mode)
+        except ValueError:
+            raise ConfigError(f"unknown mode '{mode}'; modes: {', '.join(m.value for m in Mode)}") from None
+        if new is self.mode:
+            return False
+        self.mode = new
+        self.counters[f"mode_{new.value}"] += 1
         self._follower = None
+        self._pending_obs = None
+        self._last_chunk_rx = -np.inf
+        return True
 
     def tick(self, now: float) -> GateCommand | None:
         """The command to stream now, or None before the first joint state."""
@@ -156,6 +187,8 @@ class Gate:
     def _hold_cause(self, now: float) -> str:
         if self._estop:
             return "estop"
+        if self.mode is Mode.PAUSED:
+            return "paused"
         if now - self._state_stamp > self.config.state_timeout:
             return "stale_joint_states"
         if self._follower is None or now - self._last_chunk_rx > self.config.source_timeout:
@@ -189,6 +222,7 @@ class Gate:
         out: dict[str, float | int | str | bool] = dict(self.counters)
         out.update(
             active_source=self.active_source,
+            mode=self.mode.value,
             estop=self._estop,
             hold_reason=self._hold_reason if self._hold_q is not None else "",
             limited=self.filter.limited_count,

@@ -113,3 +113,31 @@ def test_latency_is_measured_from_the_chunk_stamp(gate, so101) -> None:
 def test_bad_config_is_refused() -> None:
     with pytest.raises(ConfigError, match="sources"):
         GateConfig(active_source="nobody")
+
+
+def test_human_takeover_switches_source_without_a_jump(gate, so101) -> None:
+    for i in range(20):  # the policy moves the arm along
+        t = i * 0.01
+        gate.on_joint_state(so101.joint_names, so101.home, stamp=t)
+        send(gate, so101, now=t, q=so101.home + 0.3)
+        last = gate.tick(t).positions
+    assert gate.set_mode("human") and gate.intervention and gate.active_source == "teleop"
+    assert send(gate, so101, now=0.2, q=so101.home + 0.3) is False  # the policy no longer drives
+    # The human's first chunk starts where the robot is; the output continues from the last command.
+    send(gate, so101, now=0.2, source="teleop", q=last)
+    gate.on_joint_state(so101.joint_names, so101.home, stamp=0.2)
+    first = gate.tick(0.2).positions
+    assert np.max(np.abs(first - last)) <= np.max(so101.max_velocity) * gate.period + 1e-9
+    assert gate.diagnostics()["mode"] == "human"
+
+
+def test_handback_and_pause(gate, so101) -> None:
+    gate.set_mode("human")
+    gate.set_mode("autonomous")
+    assert not gate.intervention and gate.active_source == "expert"
+    gate.set_mode("paused")
+    send(gate, so101, now=0.0)
+    cmd = gate.tick(0.01)
+    assert cmd.hold and cmd.reason == "paused"
+    with pytest.raises(ConfigError, match="modes: autonomous, human, paused"):
+        gate.set_mode("sleepy")

@@ -144,3 +144,28 @@ def test_bad_trajectories_are_refused_and_never_forwarded(rig, so101, case) -> N
         q = np.array(msg.points[0].positions)
         assert list(msg.joint_names) == so101.joint_names
         assert np.all(np.isfinite(q)) and np.allclose(q, so101.home, atol=1e-6)
+
+
+def test_takeover_is_published_as_a_latched_intervention(rig, so101) -> None:
+    from std_msgs.msg import Bool
+
+    from tether_ros.conversions import INTERVENTION, LATCHED_QOS
+
+    graph, gate, probe = rig
+    drive(graph, probe, 0.3, chunk=so101.home)
+    future = probe.create_client(Trigger, "/gate/takeover").call_async(Trigger.Request())
+    assert graph.spin_until(future.done) and "mode=human" in future.result().message
+    # A late subscriber still learns that a human is driving (transient-local).
+    late: list[bool] = []
+    probe.create_subscription(Bool, INTERVENTION, lambda m: late.append(m.data), LATCHED_QOS)
+    assert graph.spin_until(lambda: late and late[-1] is True)
+    teleop_pub = probe.create_publisher(JointTrajectory, source_topic("teleop"), COMMAND_QOS)
+    target = np.clip(so101.home + 0.1, so101.lower, so101.upper)
+    for _ in range(40):
+        probe.send_state(so101.home)
+        probe.send_chunk(so101.home - 0.2)  # the policy is ignored now
+        teleop_pub.publish(trajectory_msg(so101.joint_names, probe.now(), [0.05], np.atleast_2d(target)))
+        graph.spin_for(0.01)
+    np.testing.assert_allclose(probe.last(), target, atol=1e-3)
+    back = probe.create_client(Trigger, "/gate/handback").call_async(Trigger.Request())
+    assert graph.spin_until(back.done) and graph.spin_until(lambda: late[-1] is False)

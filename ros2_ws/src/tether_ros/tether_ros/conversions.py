@@ -12,6 +12,7 @@ JOINT_STATES = "/joint_states"
 OBJECT_POSE = "/tether/sim/object_pose"  # privileged: only the twin knows it
 TARGET_POSE = "/tether/sim/target_pose"
 DIAGNOSTICS = "/diagnostics"
+INTERVENTION = "/tether/intervention"  # std_msgs/Bool, transient-local: True while a human drives
 
 
 def source_topic(source: str) -> str:

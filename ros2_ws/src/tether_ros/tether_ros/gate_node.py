@@ -5,6 +5,10 @@ for each source; streams safety-filtered single-point JointTrajectory commands
 at ``rate_hz`` on the robot profile's command topic; holds position on stale
 state or a silent source; latches an e-stop (``~/estop``, ``~/clear_estop``);
 reports state, rates and every refusal on ``/diagnostics``.
+
+Arbitration: ``~/takeover`` hands control to the human source, ``~/handback``
+returns it to the autonomous one, ``~/pause`` (SetBool) holds. Whether a human
+drives is published on ``/tether/intervention`` (Bool, transient-local).
 """
 
 from __future__ import annotations
@@ -16,16 +20,19 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_srvs.srv import Trigger
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from tether.errors import TetherError
-from tether.gate import Gate, GateConfig
+from tether.gate import Gate, GateConfig, Mode
 from tether.robot_profile import load_profile
 from tether.safety import ChunkRejected
 from tether_ros.conversions import (
     COMMAND_QOS,
     DIAGNOSTICS,
+    INTERVENTION,
+    LATCHED_QOS,
     STATE_QOS,
     source_topic,
     to_sec,
@@ -48,6 +55,7 @@ class GateNode(Node):
             max_step=float(self.declare_parameter("max_step", defaults.max_step).value),
             sources=list(self.declare_parameter("sources", defaults.sources).value),
             active_source=str(self.declare_parameter("active_source", defaults.active_source).value),
+            human_source=str(self.declare_parameter("human_source", defaults.human_source).value),
         )
         self.gate = Gate(self.profile, config)
         self._raise_priority(int(self.declare_parameter("realtime_priority", 40).value))
@@ -61,6 +69,11 @@ class GateNode(Node):
         self.create_service(Trigger, "~/estop", self._estop)
         self.create_service(Trigger, "~/clear_estop", self._clear_estop)
         self.create_service(Trigger, "~/reset", self._reset)
+        self.create_service(Trigger, "~/takeover", lambda q, r: self._switch(Mode.HUMAN, r))
+        self.create_service(Trigger, "~/handback", lambda q, r: self._switch(Mode.AUTONOMOUS, r))
+        self.create_service(SetBool, "~/pause", self._pause)
+        self.intervention_pub = self.create_publisher(Bool, INTERVENTION, LATCHED_QOS)
+        self.intervention_pub.publish(Bool(data=False))
         self.create_timer(self.gate.period, self._tick)
         self.create_timer(1.0, self._measure_rate)
         self._last_state = ""
@@ -112,6 +125,20 @@ class GateNode(Node):
         if cmd.reason != self._last_state:
             self._last_state = cmd.reason
             self._publish_diagnostics()
+
+    def _switch(self, mode: Mode, res: Trigger.Response) -> Trigger.Response:
+        changed = self.gate.set_mode(mode)
+        if changed:
+            self.get_logger().info(f"mode -> {mode.value} (source '{self.gate.active_source}')")
+            self.intervention_pub.publish(Bool(data=self.gate.intervention))
+            self._publish_diagnostics()
+        res.success, res.message = True, f"mode={self.gate.mode.value} source={self.gate.active_source}"
+        return res
+
+    def _pause(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
+        out = self._switch(Mode.PAUSED if req.data else Mode.AUTONOMOUS, Trigger.Response())
+        res.success, res.message = out.success, out.message
+        return res
 
     def _estop(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         self.gate.estop()
