@@ -124,10 +124,82 @@ def _bench_sim(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_collect(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("collect", help="teleoperate or run the expert and record every episode to a LeRobot v3 dataset")
+    _common(c)
+    c.add_argument("--device", default="expert",
+                   help="expert: the scripted expert alone; replay: a replayed human takes over mid-episode")
+    c.add_argument("--takeover-after", type=float, default=2.0, help="replay: seconds into each episode")
+    c.add_argument("--episodes", type=int, default=20)
+    c.add_argument("--out", type=Path, default=Path("runs/dataset"), help="dataset folder (appends when it exists)")
+    c.add_argument("--report", type=Path, default=None, help="report folder (default: <out>_report)")
+    c.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None)
+    c.add_argument("--episode-timeout", type=float, default=20.0)
+    c.set_defaults(func=_collect)
+
+
+def _collect(a: argparse.Namespace) -> int:
+    from tether.graph import CollectArgs, collect_graph
+    from tether.robot_profile import load_profile
+    from tether.runner import GraphFailed, run_graph
+    from tether.sim.tasks import get_task
+    from tether.teleop.dataset import info
+
+    load_profile(a.robot)
+    get_task(a.task)
+    w, h = a.camera_size or (0, 0)
+    report = a.report or a.out.with_name(a.out.name + "_report")
+    args = CollectArgs(
+        robot=a.robot, task=a.task, device=a.device, episodes=a.episodes, seed=a.seed,
+        dataset=str(a.out.resolve()), report=str(report.resolve()), camera_width=w, camera_height=h,
+        episode_timeout=a.episode_timeout, takeover_after=a.takeover_after,
+    )
+    try:
+        code = run_graph(collect_graph(args), report / "logs", timeout=60.0 + a.episodes * (a.episode_timeout + 20.0))
+    except GraphFailed as exc:
+        print(f"tether collect: the graph failed: {exc}", file=sys.stderr)
+        return 2
+    if code != 0:
+        print(f"tether collect: session exited with {code}; logs in {report / 'logs'}", file=sys.stderr)
+        return code
+    print(info(a.out))
+    return 0
+
+
+def _add_dataset(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("dataset", help="inspect, check and repair recorded datasets")
+    d_sub = d.add_subparsers(dest="dataset_command", required=True)
+    for name, text in (("info", "print a summary"), ("validate", "check every invariant"),
+                       ("recover", "turn what a crash left into valid episodes, or explain why not")):
+        p = d_sub.add_parser(name, help=text)
+        p.add_argument("path", type=Path)
+        p.set_defaults(func=_dataset)
+
+
+def _dataset(a: argparse.Namespace) -> int:
+    from tether.teleop import dataset
+
+    if not (a.path / "meta" / "info.json").is_file():
+        print(f"tether dataset: {a.path} is not a dataset (no meta/info.json)", file=sys.stderr)
+        return 2
+    if a.dataset_command == "info":
+        print(dataset.info(a.path))
+        return 0
+    if a.dataset_command == "recover":
+        print(dataset.recover(a.path))
+    problems = dataset.validate(a.path)
+    for problem in problems:
+        print(f"problem: {problem}")
+    print(f"{a.path}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
+    return 0 if not problems else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="ROS 2 control stack for learned robot policies")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_rehearse(sub)
+    _add_collect(sub)
+    _add_dataset(sub)
     _add_sim(sub)
     _add_bench(sub)
     return parser

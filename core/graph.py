@@ -84,4 +84,49 @@ def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
     ]
 
 
-GRAPHS = {"rehearse": rehearsal_graph}
+@dataclass(frozen=True)
+class CollectArgs:
+    robot: str = "so101"
+    task: str = "pick_place"
+    device: str = "expert"
+    episodes: int = 20
+    seed: int = 0
+    dataset: str = "runs/dataset"
+    report: str = "runs/collect"
+    camera_width: int = 0  # 0: the profile's size
+    camera_height: int = 0
+    episode_timeout: float = 20.0
+    gate_rate_hz: float = 200.0
+    takeover_after: float = 2.0  # replay device: seconds into each episode
+
+
+# expert: the scripted expert drives alone. replay: the expert drives, then a replayed human takes
+# over ``takeover_after`` seconds into each episode (labelled interventions, end to end).
+DEVICES = ("expert", "replay")
+
+
+def collect_graph(a: CollectArgs) -> list[NodeSpec]:
+    """Rehearsal's loop plus the recorder: every episode lands in a LeRobotDataset v3."""
+    if a.device not in DEVICES:
+        raise TetherError(f"unknown device '{a.device}'; devices: {', '.join(DEVICES)}")
+    base = rehearsal_graph(
+        RehearsalArgs(
+            robot=a.robot, task=a.task, source="expert", episodes=a.episodes, seed=a.seed, report=a.report,
+            camera_width=a.camera_width, camera_height=a.camera_height, episode_timeout=a.episode_timeout,
+            gate_rate_hz=a.gate_rate_hz, video_episodes=0,
+        )
+    )
+    recorder = NodeSpec(
+        "recorder_node",
+        "recorder",
+        {"robot": a.robot, "dataset": a.dataset, "camera_width": a.camera_width, "camera_height": a.camera_height,
+         "autonomous_source": "expert"},
+    )
+    human = [NodeSpec("teleop_node", "teleop", {"robot": a.robot, "device": a.device,
+                                                "takeover_after": a.takeover_after})] if a.device != "expert" else []
+    session = base[-1]
+    params = {**session.parameters, "record": True, "human_source": "teleop" if human else ""}
+    return [*base[:-1], *human, recorder, NodeSpec(session.executable, session.name, params, terminal=True)]
+
+
+GRAPHS = {"rehearse": rehearsal_graph, "collect": collect_graph}

@@ -105,3 +105,10 @@ def test_clock_mode_runs_faster_than_real_time(graph, so101) -> None:
     assert all(b >= a for a, b in zip(clocks, clocks[1:]))  # monotonic
     assert clocks[-1] - start > 1.5  # about 3 s of sim time per wall second
     assert clocks[-1] - twin._t0 == pytest.approx(twin.twin.time, abs=0.05)  # /clock is sim time
+
+
+def test_cameras_keep_their_rate(rig) -> None:
+    graph, _twin, probe = rig
+    graph.spin_for(2.0)
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in probe.images[-30:]]
+    assert (len(stamps) - 1) / (stamps[-1] - stamps[0]) == pytest.approx(30.0, rel=0.03)

@@ -152,6 +152,7 @@ class GateNode(Node):
         return res
 
     def _reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        self._switch(Mode.AUTONOMOUS, Trigger.Response())  # every episode starts autonomous
         self.gate.reset()
         res.success, res.message = True, "gate re-anchored on the measured state"
         return res

@@ -20,6 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image
+from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from tqdm import tqdm
 from trajectory_msgs.msg import JointTrajectory
@@ -27,7 +28,7 @@ from trajectory_msgs.msg import JointTrajectory
 from tether.report import EpisodeResult, RehearsalReport
 from tether.robot_profile import load_profile
 from tether.video import VideoWriter
-from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, camera_topic
+from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, camera_topic
 from tether_ros.spin import run
 
 
@@ -48,6 +49,8 @@ class SessionNode(Node):
         self.task = str(p("task", "pick_place").value)
         self.video_camera = str(p("video_camera", "front").value)
         self.video_episodes = int(p("video_episodes", 1).value)
+        self.record = bool(p("record", False).value)  # collect: the recorder commits each episode
+        self.human_source = str(p("human_source", "").value)  # a teleop node to reset each episode
         self.nominal_period = 1.0 / float(p("gate_rate_hz", 200.0).value)
         self.finished = False
         self.exit_code = 0
@@ -67,10 +70,20 @@ class SessionNode(Node):
                 "success": "/twin/success",
                 "source_reset": f"/{self.source}/reset",
                 "gate_reset": "/gate/reset",
+                "record_begin": "/recorder/begin",
+                "record_success": "/recorder/commit_success",
+                "record_failure": "/recorder/commit_failure",
+                "human_reset": f"/{self.human_source or 'teleop'}/reset",
             }.items()
         }
+        self._commits: list[str] = []
+        self._recorder: dict[str, str] = {}
+        self._intervention = False
+        self._bar: tqdm | None = None
+        self._successes = 0
         self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
         self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diag, 50)
+        self.create_subscription(Bool, INTERVENTION, self._on_intervention, LATCHED_QOS)
         self._image_sub = self.create_subscription(Image, camera_topic(self.video_camera), self._on_image, 5)
         self._episodes_done = 0
         self.create_timer(0.5, self._drop_camera_when_done)
@@ -84,11 +97,16 @@ class SessionNode(Node):
             self._periods.append((received - self._last_command) * 1e3)
         self._last_command = received
 
+    def _on_intervention(self, msg: Bool) -> None:
+        self._intervention = bool(msg.data)
+
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
             if status.name == "tether/gate" and "commands" in values:
                 self._gate = values
+            elif status.name == "tether/recorder":
+                self._recorder = values
             elif status.name == "tether/twin" and "compute_rtf" in values:
                 self._rtf.append(float(values["compute_rtf"]))
 
@@ -124,20 +142,30 @@ class SessionNode(Node):
         self._recording = False
         seed_msg = self._call("twin_reset").message
         self._call("source_reset")
+        if self.human_source:
+            self._call("human_reset")
         self._call("gate_reset")
         seed = int(seed_msg.split("=")[1]) if seed_msg.startswith("seed=") else -1
         if index < self.video_episodes:
             with self._video_lock:
                 self._video = VideoWriter(self.report_dir / f"episode_{index:03d}.mp4", fps=30)
+        if self.record:
+            self._call("record_begin")
         self._last_command = None
         self._recording = True
         start = time.monotonic()
         success = False
         while time.monotonic() - start < self.timeout_s:
             time.sleep(0.1)
+            self._status(index, time.monotonic() - start)
             if self._call("success").success:
                 success = True
                 break
+        if self.record:
+            commit = self._call("record_success" if success else "record_failure", timeout=60.0)
+            if not commit.success:
+                raise GraphError(f"recorder could not commit episode {index}: {commit.message}")
+            self._commits.append(commit.message)
         with self._video_lock:
             self._recording = False
             if self._video is not None:
@@ -145,12 +173,26 @@ class SessionNode(Node):
                 self._video = None
         return EpisodeResult(index, seed, success, time.monotonic() - start)
 
+    def _status(self, index: int, elapsed: float) -> None:
+        """The live status line: episode, time, who drives, recorded frames and drops."""
+        if self._bar is None:
+            return
+        status = {"ep": index, "ok": f"{self._successes}/{index}", "t": f"{elapsed:4.1f}s",
+                  "human": "yes" if self._intervention else "no"}
+        if self.record and self._recorder:
+            status["frames"] = self._recorder.get("episode_frames", "0")
+            status["dropped"] = sum(int(v) for k, v in self._recorder.items() if k.startswith("dropped_"))
+        self._bar.set_postfix(status, refresh=True)
+
     def _main(self) -> None:
         try:
             results: list[EpisodeResult] = []
-            bar = tqdm(range(self.episodes), desc="rehearsal", unit="ep", file=sys.stderr, dynamic_ncols=True)
+            desc = "collect" if self.record else "rehearsal"
+            bar = tqdm(range(self.episodes), desc=desc, unit="ep", file=sys.stderr, dynamic_ncols=True)
+            self._bar = bar
             for i in bar:
                 results.append(self._episode(i))
+                self._successes += results[-1].success
                 self._episodes_done += 1
                 bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
             bar.close()
@@ -171,7 +213,8 @@ class SessionNode(Node):
             nominal_period_ms=self.nominal_period * 1e3,
             gate=gate,
             twin_rtf=float(np.median(self._rtf)) if self._rtf else float("nan"),
-            meta={"robot": self.profile.name, "task": self.task, "source": self.source, "seed": self.seed},
+            meta={"robot": self.profile.name, "task": self.task, "source": self.source, "seed": self.seed,
+                  "recorder_commits": self._commits},
         )
         data = report.write(self.report_dir)
         self.get_logger().info(

@@ -113,7 +113,8 @@ class TwinNode(Node):
         self.joint_pub.publish(joint_state_msg(names, self.twin.joint_positions(), self.twin.joint_velocities(), stamp))
         self._publish_poses(stamp)
         if self.publish_cameras and self.twin.time >= self._next_camera:
-            self._next_camera = self.twin.time + self.camera_period
+            # On a fixed schedule (not "now + period"), so ticks that land late do not slow the camera.
+            self._next_camera = max(self._next_camera + self.camera_period, self.twin.time - self.camera_period)
             self._publish_images(stamp)
 
     def _publish_poses(self, stamp: float) -> None:

@@ -1,0 +1,144 @@
+"""Recorder node: joint states, gated commands, cameras and the intervention label into a LeRobotDataset v3.
+
+A thin adapter over ``tether.teleop.recorder.FrameSampler`` (frames driven by
+camera captures, stamped with real capture times) and
+``tether.teleop.dataset.DatasetWriter`` (crash-safe staging, atomic commits).
+Services: ``~/begin``, ``~/commit_success``, ``~/commit_failure``, ``~/discard``
+(Trigger) and ``~/mark_recovery`` (SetBool, a RaC-style recovery segment).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from tether.errors import TetherError
+from tether.robot_profile import load_profile
+from tether.teleop.dataset import DatasetSpec, DatasetWriter
+from tether.teleop.recorder import FrameSampler
+from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, STATE_QOS, camera_topic
+from tether_ros.spin import run
+
+
+def _ns(stamp: object) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)  # type: ignore[attr-defined]
+
+
+class RecorderNode(Node):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("recorder", **kwargs)  # type: ignore[arg-type]
+        p = self.declare_parameter
+        self.profile = load_profile(str(p("robot", "so101").value))
+        self.task = str(p("task_description", "pick up the cube and place it on the green target").value)
+        root = Path(str(p("dataset", "runs/dataset").value))
+        size = (int(p("camera_height", 0).value), int(p("camera_width", 0).value))
+        fps = int(round(self.profile.cameras[0].fps))
+        spec = DatasetSpec.from_profile(self.profile, fps, image_size=size if all(size) else None)
+        self.writer = DatasetWriter.open_existing(root) if (root / "meta").exists() else DatasetWriter.create(root, spec)
+        self.sampler = FrameSampler(list(spec.cameras), fps, autonomous_source=str(p("autonomous_source", "expert").value))
+        self.recording = False
+        self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
+        self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
+        self.create_subscription(Bool, INTERVENTION, self._on_intervention, LATCHED_QOS)
+        for cam in spec.cameras:
+            self.create_subscription(Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 10)
+        self.create_service(Trigger, "~/begin", self._begin)
+        self.create_service(Trigger, "~/commit_success", lambda q, r: self._commit(True, r))
+        self.create_service(Trigger, "~/commit_failure", lambda q, r: self._commit(False, r))
+        self.create_service(Trigger, "~/discard", self._discard)
+        self.create_service(SetBool, "~/mark_recovery", self._mark_recovery)
+        self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
+        self.create_timer(1.0, self._publish_diagnostics)
+
+    def _on_state(self, msg: JointState) -> None:
+        index = {n: i for i, n in enumerate(msg.name)}
+        if all(j in index for j in self.profile.joint_names):
+            self.sampler.on_state(np.array([msg.position[index[j]] for j in self.profile.joint_names]), _ns(msg.header.stamp))
+
+    def _on_command(self, msg: JointTrajectory) -> None:
+        if msg.points and list(msg.joint_names) == self.profile.joint_names:
+            self.sampler.on_action(np.array(msg.points[0].positions), _ns(msg.header.stamp))
+
+    def _on_intervention(self, msg: Bool) -> None:
+        self.sampler.intervention = bool(msg.data)
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        if not self.recording:
+            return
+        rgb = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+        frame = self.sampler.on_image(camera, rgb, _ns(msg.header.stamp))
+        if frame is None:
+            return
+        try:
+            self.writer.add_frame(frame.state, frame.action, frame.images, frame.capture_time_ns,
+                                  frame.intervention, frame.control_source, frame.phase)
+        except TetherError as exc:
+            self.sampler.dropped["refused"] += 1
+            self.get_logger().error(f"frame refused: {exc}", throttle_duration_sec=1.0)
+
+    def _begin(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        if self.writer.episode_running:
+            self.writer.discard_episode()
+        self.sampler.reset()
+        index = self.writer.begin_episode(self.task)
+        self.recording = True
+        res.success, res.message = True, f"episode={index}"
+        return res
+
+    def _commit(self, success: bool, res: Trigger.Response) -> Trigger.Response:
+        self.recording = False
+        try:
+            index = self.writer.end_episode(success=success)
+        except TetherError as exc:
+            res.success, res.message = False, str(exc)
+            return res
+        commit = self.writer.last_commit
+        res.success = True
+        res.message = f"episode={index} frames={self.writer.num_frames} dropped={sum(self.sampler.dropped.values())}"
+        if commit is not None:
+            res.message += f" commit_s={commit.seconds:.3f}"
+        return res
+
+    def _discard(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        self.recording = False
+        if self.writer.episode_running:
+            self.writer.discard_episode()
+        res.success, res.message = True, "discarded"
+        return res
+
+    def _mark_recovery(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
+        self.sampler.recovery = bool(req.data)
+        res.success, res.message = True, f"phase={self.sampler.phase}"
+        return res
+
+    def _publish_diagnostics(self) -> None:
+        values = {"recording": self.recording, "episodes": self.writer.num_episodes,
+                  "episode_frames": self.writer.episode_frames, "phase": self.sampler.phase,
+                  **{f"dropped_{k}": v for k, v in self.sampler.dropped.items()}}
+        status = DiagnosticStatus(level=DiagnosticStatus.OK, name="tether/recorder", message="recording" if self.recording else "idle")
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+    def close(self) -> None:
+        # Ctrl-C mid-episode keeps what was recorded, with an unknown outcome.
+        if self.writer.episode_running and self.writer.episode_frames > 0:
+            self.writer.end_episode(success=None)
+        elif self.writer.episode_running:
+            self.writer.discard_episode()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run(RecorderNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
