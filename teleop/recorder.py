@@ -1,10 +1,12 @@
 """Sampling asynchronous robot streams into dataset frames, driven by camera captures.
 
-A frame is made when the anchor camera delivers a new image: the other cameras'
-latest images, the latest joint state and the latest gated command are attached
-if they are fresh enough relative to that capture time. Frames therefore carry
-real capture times (``capture_time_ns``) rather than nominal ones, and a gap in
-the anchor camera's stamps is counted as dropped frames, never papered over.
+A frame is made for each capture of the anchor camera once the other cameras'
+images of the same moment have arrived (nearest capture stamp within half a
+frame period, like message_filters' ApproximateTime), together with the joint
+state and gated command nearest to that capture time. Frames therefore carry
+real capture times (``capture_time_ns``), images that cross processes late are
+waited for rather than replaced by older ones, and a gap in the anchor
+camera's stamps is counted as dropped frames, never papered over.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tether.errors import UnknownCameraError
+
+Stamped = tuple[int, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,14 @@ class SampledFrame:
 
 @dataclass
 class Freshness:
-    """How far (ns) an input's capture may lie before the anchor image's capture."""
+    """How far (ns) a joint state or command may lie from the frame's capture time."""
 
-    state_ns: int = 50_000_000
-    image_ns: int = 40_000_000
+    state_ns: int = 20_000_000
     action_ns: int = 250_000_000
+
+
+def _nearest(items: collections.deque[Stamped], t: int) -> Stamped | None:
+    return min(items, key=lambda item: abs(item[0] - t)) if items else None
 
 
 @dataclass
@@ -46,9 +53,10 @@ class FrameSampler:
 
     def __post_init__(self) -> None:
         self.anchor = self.cameras[0]
-        self._images: dict[str, tuple[np.ndarray, int]] = {}
-        self._state: tuple[np.ndarray, int] | None = None
-        self._action: tuple[np.ndarray, int] | None = None
+        self.tolerance_ns = int(0.5e9 / self.fps)
+        self._images: dict[str, collections.deque[Stamped]] = {c: collections.deque(maxlen=8) for c in self.cameras}
+        self._states: collections.deque[Stamped] = collections.deque(maxlen=512)
+        self._actions: collections.deque[Stamped] = collections.deque(maxlen=512)
         self._last_anchor_ns: int | None = None
         self.intervention = False
         self.recovery = False
@@ -56,8 +64,8 @@ class FrameSampler:
 
     def reset(self) -> None:
         """Start of an episode: nothing from the previous one may leak in."""
-        self._images.clear()
-        self._state = self._action = None
+        for queue in (*self._images.values(), self._states, self._actions):
+            queue.clear()
         self._last_anchor_ns = None
         self.dropped.clear()
 
@@ -72,42 +80,60 @@ class FrameSampler:
         return "human" if self.intervention else self.autonomous_source
 
     def on_state(self, q: np.ndarray, stamp_ns: int) -> None:
-        self._state = (np.asarray(q, float), stamp_ns)
+        self._states.append((stamp_ns, np.asarray(q, float)))
 
     def on_action(self, q: np.ndarray, stamp_ns: int) -> None:
-        self._action = (np.asarray(q, float), stamp_ns)
+        self._actions.append((stamp_ns, np.asarray(q, float)))
 
-    def on_image(self, camera: str, rgb: np.ndarray, stamp_ns: int) -> SampledFrame | None:
-        """Store an image; returns a frame when it is a new anchor capture and all inputs are fresh."""
+    def on_image(self, camera: str, rgb: np.ndarray, stamp_ns: int) -> list[SampledFrame]:
+        """Store an image; returns the frames that became complete (usually zero or one)."""
         if camera not in self.cameras:
             raise UnknownCameraError(camera, self.cameras)
-        self._images[camera] = (rgb, stamp_ns)
-        if camera != self.anchor:
-            return None
-        self._count_gap(stamp_ns)
-        return self._assemble(stamp_ns)
+        self._images[camera].append((stamp_ns, rgb))
+        frames = []
+        while self._images[self.anchor]:
+            outcome = self._try_oldest()
+            if outcome == "wait":
+                break
+            if isinstance(outcome, SampledFrame):
+                frames.append(outcome)
+        return frames
 
-    def _count_gap(self, stamp_ns: int) -> None:
+    def _try_oldest(self) -> SampledFrame | str:
+        t, rgb = self._images[self.anchor][0]
+        images = {self.anchor: rgb}
+        for cam in self.cameras[1:]:
+            match = _nearest(self._images[cam], t)
+            if match is not None and abs(match[0] - t) <= self.tolerance_ns:
+                images[cam] = match[1]
+            elif self._may_still_come(cam, t):
+                return "wait"
+            else:
+                return self._drop(f"missing_image_{cam}")
+        state = _nearest(self._states, t)
+        if state is None or abs(state[0] - t) > self.freshness.state_ns:
+            return self._drop("stale_state")
+        action = _nearest(self._actions, t)
+        if action is None or abs(action[0] - t) > self.freshness.action_ns:
+            return self._drop("no_action")
+        self._pop_anchor()
+        return SampledFrame(state[1], action[1], images, t, self.intervention, self.control_source, self.phase)
+
+    def _may_still_come(self, cam: str, t: int) -> bool:
+        """An image of ``t`` can still arrive while the camera has delivered nothing newer and we are not far behind."""
+        newest = self._images[cam][-1][0] if self._images[cam] else None
+        backlog = len(self._images[self.anchor])
+        return (newest is None or newest < t) and backlog < 4
+
+    def _drop(self, reason: str) -> str:
+        self.dropped[reason] += 1
+        self._pop_anchor()
+        return "dropped"
+
+    def _pop_anchor(self) -> None:
+        t, _ = self._images[self.anchor].popleft()
         if self._last_anchor_ns is not None:
-            period_ns = 1e9 / self.fps
-            missed = int(round((stamp_ns - self._last_anchor_ns) / period_ns)) - 1
+            missed = int(round((t - self._last_anchor_ns) * self.fps / 1e9)) - 1
             if missed > 0:
                 self.dropped["camera_gap"] += missed
-        self._last_anchor_ns = stamp_ns
-
-    def _assemble(self, t: int) -> SampledFrame | None:
-        f = self.freshness
-        if self._state is None or abs(t - self._state[1]) > f.state_ns:
-            self.dropped["stale_state"] += 1
-            return None
-        if self._action is None or t - self._action[1] > f.action_ns:
-            self.dropped["no_action"] += 1
-            return None
-        images = {}
-        for cam in self.cameras:
-            img = self._images.get(cam)
-            if img is None or abs(t - img[1]) > f.image_ns:
-                self.dropped[f"stale_image_{cam}"] += 1
-                return None
-            images[cam] = img[0]
-        return SampledFrame(self._state[0], self._action[0], images, t, self.intervention, self.control_source, self.phase)
+        self._last_anchor_ns = t

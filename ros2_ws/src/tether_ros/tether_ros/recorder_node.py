@@ -73,15 +73,13 @@ class RecorderNode(Node):
         if not self.recording:
             return
         rgb = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
-        frame = self.sampler.on_image(camera, rgb, _ns(msg.header.stamp))
-        if frame is None:
-            return
-        try:
-            self.writer.add_frame(frame.state, frame.action, frame.images, frame.capture_time_ns,
-                                  frame.intervention, frame.control_source, frame.phase)
-        except TetherError as exc:
-            self.sampler.dropped["refused"] += 1
-            self.get_logger().error(f"frame refused: {exc}", throttle_duration_sec=1.0)
+        for frame in self.sampler.on_image(camera, rgb, _ns(msg.header.stamp)):
+            try:
+                self.writer.add_frame(frame.state, frame.action, frame.images, frame.capture_time_ns,
+                                      frame.intervention, frame.control_source, frame.phase)
+            except TetherError as exc:
+                self.sampler.dropped["refused"] += 1
+                self.get_logger().error(f"frame refused: {exc}", throttle_duration_sec=1.0)
 
     def _begin(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         if self.writer.episode_running:
@@ -101,7 +99,8 @@ class RecorderNode(Node):
             return res
         commit = self.writer.last_commit
         res.success = True
-        res.message = f"episode={index} frames={self.writer.num_frames} dropped={sum(self.sampler.dropped.values())}"
+        dropped = ",".join(f"{k}:{v}" for k, v in sorted(self.sampler.dropped.items())) or "none"
+        res.message = f"episode={index} frames={self.writer.num_frames} dropped={dropped}"
         if commit is not None:
             res.message += f" commit_s={commit.seconds:.3f}"
         return res
