@@ -95,3 +95,68 @@ class NoTaskError(TetherError):
 
     def __init__(self, valid: Iterable[str]) -> None:
         super().__init__(f"this twin has no task (task=None), so it has no object or target; tasks: {_choices(valid)}")
+
+
+class DatasetError(TetherError):
+    """A dataset on disk or a call to the dataset writer is not usable as given."""
+
+
+class DatasetFrameError(DatasetError, ValueError):
+    """A frame handed to the dataset writer is malformed; nothing was written."""
+
+    def __init__(self, field: str, got: object, expected: str) -> None:
+        super().__init__(f"frame field '{field}': got {got}; expected {expected}")
+        self.field = field
+
+
+class EpisodeStateError(DatasetError):
+    """A writer call came in the wrong order (e.g. add_frame with no episode begun)."""
+
+    def __init__(self, call: str, state: str, needed: str) -> None:
+        super().__init__(f"{call}: the writer is {state}; {needed}")
+
+
+class DatasetLayoutError(DatasetError):
+    """A dataset folder is missing, already exists, or is not a LeRobot v3.0 dataset."""
+
+
+class DeviceError(TetherError):
+    """A teleoperation input device cannot be used as asked."""
+
+
+class DeviceNotFoundError(DeviceError):
+    """The device (or the library that drives it) is not there; the message says how to fix it."""
+
+    def __init__(self, device: str, missing: str, fix: str) -> None:
+        super().__init__(f"{device}: {missing}; {fix}")
+        self.device = device
+
+
+class DeviceDependencyError(DeviceNotFoundError):
+    """The Python package that drives the device is not installed."""
+
+    def __init__(self, device: str, package: str) -> None:
+        super().__init__(device, f"the Python package '{package}' is not installed",
+                         f"pip install '{package}' (or: pip install -e '.[hardware]')")
+        self.package = package
+
+
+class DeviceNotConnectedError(DeviceError):
+    def __init__(self, device: str) -> None:
+        super().__init__(f"{device}: not connected; call connect() first (or use it as a context manager)")
+
+
+class LeaderJointError(DeviceError):
+    """A leader arm's joint state lacks a joint the mapping needs."""
+
+    def __init__(self, missing: list[str], got: Iterable[str]) -> None:
+        super().__init__(f"leader joint state lacks {', '.join(missing)}; it has: {_choices(got)}")
+        self.missing = missing
+
+
+class ReplayError(TetherError):
+    """A recorded episode cannot be replayed (missing columns, empty, bad shapes)."""
+
+
+class McapLogError(TetherError):
+    """A raw MCAP log call was not possible (unknown topic or type, log closed, path taken)."""

@@ -1,0 +1,36 @@
+"""`tether collect` end to end: the graph records LeRobot v3 episodes with labelled takeovers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+
+from tether.cli import main
+from tether.teleop.dataset import validate
+
+
+def test_replay_takeover_is_recorded_and_labelled(tmp_path: Path) -> None:
+    out = tmp_path / "dataset"
+    code = main(["collect", "--device", "replay", "--takeover-after", "1.5", "--episodes", "2",
+                 "--camera-size", "64", "48", "--out", str(out)])
+    assert code == 0
+    assert validate(out) == []
+    data = pq.read_table(next(out.glob("data/chunk-*/file-*.parquet"))).to_pydict()
+    episode = np.array(data["episode_index"])
+    assert set(episode.tolist()) == {0, 1}
+    for e in (0, 1):
+        m = episode == e
+        labels = np.array(data["intervention"])[m]
+        first = int(np.argmax(labels))
+        assert 0 < first and labels[first:].all()  # autonomous, then the human keeps control
+        assert set(np.array(data["control_source"])[m][:first]) == {"expert"}
+        assert set(np.array(data["phase"])[m][first:]) == {"correction"}
+        capture = np.array(data["capture_time_ns"])[m]
+        assert np.all(np.diff(capture) > 0)
+    # A plain PyAV reader sees as many frames per camera as the table has rows.
+    for video in out.glob("videos/*/chunk-*/file-*.mp4"):
+        with av.open(str(video)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == len(episode)
