@@ -15,7 +15,7 @@ from tether.graph import NodeSpec
 
 def graph_launch_description(args_type: type, build: Callable[[Any], list[NodeSpec]]) -> Any:
     """One launch argument per field of ``args_type``; one Node per NodeSpec that ``build`` returns."""
-    from launch import LaunchDescription
+    from launch import LaunchDescription  # type: ignore[attr-defined]  # (the repo has a launch/ folder)
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
     defaults = args_type()
