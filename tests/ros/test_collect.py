@@ -30,6 +30,11 @@ def test_replay_takeover_is_recorded_and_labelled(tmp_path: Path) -> None:
         assert set(np.array(data["phase"])[m][first:]) == {"correction"}
         capture = np.array(data["capture_time_ns"])[m]
         assert np.all(np.diff(capture) > 0)
+    # The raw log beside the dataset: one rosbag2 MCAP bag per episode, with every recorded topic.
+    for e in (0, 1):
+        meta = (tmp_path / "dataset_mcap" / f"episode_{e:06d}" / "metadata.yaml").read_text()
+        for topic in ("/joint_states", "/camera/front/image_raw", "/tether/intervention", "joint_trajectory"):
+            assert topic in meta
     # A plain PyAV reader sees as many frames per camera as the table has rows.
     for video in out.glob("videos/*/chunk-*/file-*.mp4"):
         with av.open(str(video)) as container:

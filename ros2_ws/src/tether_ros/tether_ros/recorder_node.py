@@ -22,6 +22,7 @@ from trajectory_msgs.msg import JointTrajectory
 from tether.errors import TetherError
 from tether.robot_profile import load_profile
 from tether.teleop.dataset import DatasetSpec, DatasetWriter
+from tether.teleop.mcap_log import McapLog
 from tether.teleop.recorder import FrameSampler
 from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, STATE_QOS, camera_topic
 from tether_ros.spin import run
@@ -44,6 +45,14 @@ class RecorderNode(Node):
         self.writer = DatasetWriter.open_existing(root) if (root / "meta").exists() else DatasetWriter.create(root, spec)
         self.sampler = FrameSampler(list(spec.cameras), fps, autonomous_source=str(p("autonomous_source", "expert").value))
         self.recording = False
+        self.raw_root = root.parent / f"{root.name}_mcap"  # beside the dataset: LeRobot's loader never sees it
+        self.log: McapLog | None = None
+        self._topics = {
+            self.profile.joint_states_topic: "sensor_msgs/msg/JointState",
+            self.profile.command_topic: "trajectory_msgs/msg/JointTrajectory",
+            INTERVENTION: "std_msgs/msg/Bool",
+            **{camera_topic(c): "sensor_msgs/msg/Image" for c in spec.cameras},
+        }
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
         self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
         self.create_subscription(Bool, INTERVENTION, self._on_intervention, LATCHED_QOS)
@@ -57,21 +66,29 @@ class RecorderNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self.create_timer(1.0, self._publish_diagnostics)
 
+    def _log(self, topic: str, msg: object, stamp_ns: int) -> None:
+        if self.log is not None and self.recording:
+            self.log.write(topic, msg, stamp_ns)
+
     def _on_state(self, msg: JointState) -> None:
+        self._log(self.profile.joint_states_topic, msg, _ns(msg.header.stamp))
         index = {n: i for i, n in enumerate(msg.name)}
         if all(j in index for j in self.profile.joint_names):
             self.sampler.on_state(np.array([msg.position[index[j]] for j in self.profile.joint_names]), _ns(msg.header.stamp))
 
     def _on_command(self, msg: JointTrajectory) -> None:
+        self._log(self.profile.command_topic, msg, _ns(msg.header.stamp))
         if msg.points and list(msg.joint_names) == self.profile.joint_names:
             self.sampler.on_action(np.array(msg.points[0].positions), _ns(msg.header.stamp))
 
     def _on_intervention(self, msg: Bool) -> None:
+        self._log(INTERVENTION, msg, self.get_clock().now().nanoseconds)
         self.sampler.intervention = bool(msg.data)
 
     def _on_image(self, camera: str, msg: Image) -> None:
         if not self.recording:
             return
+        self._log(camera_topic(camera), msg, _ns(msg.header.stamp))
         rgb = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
         for frame in self.sampler.on_image(camera, rgb, _ns(msg.header.stamp)):
             try:
@@ -86,12 +103,28 @@ class RecorderNode(Node):
             self.writer.discard_episode()
         self.sampler.reset()
         index = self.writer.begin_episode(self.task)
+        self._open_log(index)
         self.recording = True
         res.success, res.message = True, f"episode={index}"
         return res
 
+    def _open_log(self, index: int) -> None:
+        path = self.raw_root / f"episode_{index:06d}"
+        if path.exists():  # a discarded or crashed take of this index: keep it aside, never overwrite
+            path.rename(path.with_name(f"{path.name}.old{len(list(self.raw_root.glob(path.name + '.old*')))}"))
+        self.raw_root.mkdir(parents=True, exist_ok=True)
+        self.log = McapLog(path)
+        for topic, msgtype in self._topics.items():
+            self.log.add_topic(topic, msgtype)
+
+    def _close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
     def _commit(self, success: bool, res: Trigger.Response) -> Trigger.Response:
         self.recording = False
+        self._close_log()
         try:
             index = self.writer.end_episode(success=success)
         except TetherError as exc:
@@ -107,6 +140,7 @@ class RecorderNode(Node):
 
     def _discard(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         self.recording = False
+        self._close_log()
         if self.writer.episode_running:
             self.writer.discard_episode()
         res.success, res.message = True, "discarded"
@@ -128,6 +162,7 @@ class RecorderNode(Node):
         self.diag_pub.publish(arr)
 
     def close(self) -> None:
+        self._close_log()
         # Ctrl-C mid-episode keeps what was recorded, with an unknown outcome.
         if self.writer.episode_running and self.writer.episode_frames > 0:
             self.writer.end_episode(success=None)
