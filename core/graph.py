@@ -7,6 +7,7 @@ processes of the project's venv. Neither adds or drops a node.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from tether.errors import TetherError
@@ -23,6 +24,48 @@ class NodeSpec:
     package: str = PACKAGE
     # The node whose exit ends the graph (the session).
     terminal: bool = False
+    # Nodes with the same non-empty ``process`` share one process (tether_ros.container).
+    process: str = ""
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What to start: one node's executable, or the container running several nodes."""
+
+    name: str
+    executable: str
+    arguments: list[str]
+    parameters: dict[str, ParamValue]
+    package: str = PACKAGE
+    terminal: bool = False
+    remap_name: bool = True  # a lone node takes ``name``; a container's nodes keep their own
+
+
+def processes(nodes: list[NodeSpec]) -> list[ProcessSpec]:
+    """Group a graph's nodes into processes, merging a shared process's parameters."""
+    out: list[ProcessSpec] = []
+    groups: dict[str, list[NodeSpec]] = {}
+    for spec in nodes:
+        if spec.process:
+            if spec.process not in groups:
+                groups[spec.process] = []
+                out.append(ProcessSpec(spec.process, "container", [], {}))  # placeholder keeps order
+            groups[spec.process].append(spec)
+        else:
+            out.append(ProcessSpec(spec.name, spec.executable, [], dict(spec.parameters), spec.package, spec.terminal))
+    return [_container(p.name, groups[p.name]) if p.name in groups and p.executable == "container" else p for p in out]
+
+
+def _container(name: str, specs: list[NodeSpec]) -> ProcessSpec:
+    merged: dict[str, ParamValue] = {}
+    for spec in specs:
+        for key, value in spec.parameters.items():
+            if key in merged and merged[key] != value:
+                raise TetherError(f"process '{name}': parameter '{key}' differs between its nodes "
+                                  f"({merged[key]!r} vs {value!r}); parameters apply to every node in a process")
+            merged[key] = value
+    return ProcessSpec(name, "container", [s.executable for s in specs], merged,
+                       terminal=any(s.terminal for s in specs), remap_name=False)
 
 
 @dataclass(frozen=True)
@@ -116,17 +159,20 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
             gate_rate_hz=a.gate_rate_hz, video_episodes=0,
         )
     )
+    # Images never cross a process: the recorder shares the twin's process (on a robot, the cameras').
+    twin = dataclasses.replace(base[0], process="sim_station")
     recorder = NodeSpec(
         "recorder_node",
         "recorder",
         {"robot": a.robot, "dataset": a.dataset, "camera_width": a.camera_width, "camera_height": a.camera_height,
          "autonomous_source": "expert"},
+        process="sim_station",
     )
     human = [NodeSpec("teleop_node", "teleop", {"robot": a.robot, "device": a.device,
                                                 "takeover_after": a.takeover_after})] if a.device != "expert" else []
     session = base[-1]
     params = {**session.parameters, "record": True, "human_source": "teleop" if human else ""}
-    return [*base[:-1], *human, recorder, NodeSpec(session.executable, session.name, params, terminal=True)]
+    return [twin, *base[1:-1], *human, recorder, NodeSpec(session.executable, session.name, params, terminal=True)]
 
 
 GRAPHS = {"rehearse": rehearsal_graph, "collect": collect_graph}

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from tether.graph import NodeSpec
+from tether.graph import NodeSpec, processes
 
 
 def graph_launch_description(args_type: type, build: Callable[[Any], list[NodeSpec]]) -> Any:
@@ -41,11 +41,12 @@ def _nodes(context: Any, args_type: type, build: Callable[[Any], list[NodeSpec]]
         Node(
             package=spec.package,
             executable=spec.executable,
-            name=spec.name,
+            arguments=spec.arguments or None,
             parameters=[spec.parameters],
             output="screen",
             # The session ending, or any node dying, ends the launch (as in the embedded runner).
             on_exit=[Shutdown(reason=f"{spec.name} exited")],
+            **({"name": spec.name} if spec.remap_name else {}),
         )
-        for spec in build(args_type(**values))
+        for spec in processes(build(args_type(**values)))
     ]

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.errors import TetherError
-from tether.graph import NodeSpec, ParamValue
+from tether.graph import NodeSpec, ParamValue, ProcessSpec, processes
 
 
 class GraphFailed(TetherError):
     pass
 
 
-def ros_args(spec: NodeSpec) -> list[str]:
-    args = ["--ros-args", "-r", f"__node:={spec.name}"]
+def ros_args(spec: ProcessSpec) -> list[str]:
+    args = ["--ros-args", *(["-r", f"__node:={spec.name}"] if spec.remap_name else [])]
     for key, value in spec.parameters.items():
         args += ["-p", f"{key}:={_param(value)}"]
     return args
@@ -54,7 +54,7 @@ def graph_env() -> dict[str, str]:
 
 @dataclass
 class RunningNode:
-    spec: NodeSpec
+    spec: ProcessSpec
     process: subprocess.Popen[bytes]
     log: Path
 
@@ -65,16 +65,16 @@ def run_graph(nodes: list[NodeSpec], log_dir: Path, timeout: float | None = None
     env = graph_env()
     running: list[RunningNode] = []
     try:
-        for spec in nodes:
+        for spec in processes(nodes):
             running.append(_start(spec, log_dir, env))
         return _wait(running, timeout)
     finally:
         _stop(running)
 
 
-def _start(spec: NodeSpec, log_dir: Path, env: dict[str, str]) -> RunningNode:
+def _start(spec: ProcessSpec, log_dir: Path, env: dict[str, str]) -> RunningNode:
     log = log_dir / f"{spec.name}.log"
-    cmd = [sys.executable, "-m", f"{spec.package}.{spec.executable}", *ros_args(spec)]
+    cmd = [sys.executable, "-m", f"{spec.package}.{spec.executable}", *spec.arguments, *ros_args(spec)]
     # The terminal node's stderr (progress bar) goes to the terminal; everything is also in its log.
     out = open(log, "wb")  # noqa: SIM115 - closed when the process is reaped
     err = None if spec.terminal else subprocess.STDOUT

@@ -63,8 +63,9 @@ class FrameSampler:
         self.dropped: collections.Counter[str] = collections.Counter()
 
     def reset(self) -> None:
-        """Start of an episode: nothing from the previous one may leak in."""
-        for queue in (*self._images.values(), self._states, self._actions):
+        """Start of an episode. Images restart; states and commands are matched by time, so the
+        latest ones stay (the first capture of an episode needs the state just before it)."""
+        for queue in self._images.values():
             queue.clear()
         self._last_anchor_ns = None
         self.dropped.clear()
@@ -106,24 +107,23 @@ class FrameSampler:
             match = _nearest(self._images[cam], t)
             if match is not None and abs(match[0] - t) <= self.tolerance_ns:
                 images[cam] = match[1]
-            elif self._may_still_come(cam, t):
+            elif self._still_expected(self._images[cam], t):
                 return "wait"
             else:
                 return self._drop(f"missing_image_{cam}")
         state = _nearest(self._states, t)
         if state is None or abs(state[0] - t) > self.freshness.state_ns:
-            return self._drop("stale_state")
+            return "wait" if self._still_expected(self._states, t) else self._drop("stale_state")
         action = _nearest(self._actions, t)
         if action is None or abs(action[0] - t) > self.freshness.action_ns:
             return self._drop("no_action")
         self._pop_anchor()
         return SampledFrame(state[1], action[1], images, t, self.intervention, self.control_source, self.phase)
 
-    def _may_still_come(self, cam: str, t: int) -> bool:
-        """An image of ``t`` can still arrive while the camera has delivered nothing newer and we are not far behind."""
-        newest = self._images[cam][-1][0] if self._images[cam] else None
-        backlog = len(self._images[self.anchor])
-        return (newest is None or newest < t) and backlog < 4
+    def _still_expected(self, stream: collections.deque[Stamped], t: int) -> bool:
+        """A sample of time ``t`` may still arrive: the stream has nothing newer yet and we are not far behind."""
+        newest = stream[-1][0] if stream else None
+        return (newest is None or newest < t) and len(self._images[self.anchor]) < 4
 
     def _drop(self, reason: str) -> str:
         self.dropped[reason] += 1

@@ -48,7 +48,9 @@ def test_stale_state_drops_the_frame_and_says_why() -> None:
     s.on_state(np.zeros(6), 0)
     s.on_action(np.zeros(6), 0)
     s.on_image("front", RGB, 200 * MS)
-    assert s.on_image("wrist", RGB, 200 * MS) == []  # the only joint state is 200 ms old
+    assert s.on_image("wrist", RGB, 200 * MS) == []  # waits: a state of t=200 may still come
+    s.on_state(np.zeros(6), 400 * MS)  # it did not: the states jumped from t=0 to t=400
+    s.on_image("front", RGB, 233 * MS)
     assert s.dropped["stale_state"] == 1
 
 
@@ -79,3 +81,14 @@ def test_intervention_and_recovery_labels() -> None:
 def test_unknown_camera_is_refused() -> None:
     with pytest.raises(UnknownCameraError, match="cameras: front"):
         FrameSampler(["front"], fps=30).on_image("back", RGB, 0)
+
+
+def test_a_joint_state_still_in_flight_is_waited_for() -> None:
+    s = FrameSampler(["front"], fps=30)
+    s.on_state(np.zeros(6), 0)
+    s.on_action(np.zeros(6), 0)
+    assert s.on_image("front", RGB, 100 * MS) == []  # its state (t=100) has not arrived yet
+    s.on_state(np.ones(6), 100 * MS)
+    (frame,) = s.on_image("front", RGB, 133 * MS)[:1]
+    assert frame.capture_time_ns == 100 * MS and frame.state[0] == 1.0
+    assert not s.dropped

@@ -3,7 +3,7 @@
 from setuptools import setup
 
 package_name = "tether_ros"
-nodes = ["twin_node", "gate_node", "expert_node", "session_node", "recorder_node", "teleop_node"]
+nodes = ["twin_node", "gate_node", "expert_node", "session_node", "recorder_node", "teleop_node", "container"]
 
 setup(
     name=package_name,

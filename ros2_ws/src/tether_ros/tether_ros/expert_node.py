@@ -88,6 +88,9 @@ class ExpertNode(Node):
         self.pub.publish(trajectory_msg(self.profile.joint_names, stamp, [self.period], action))
 
 
+NODE = ExpertNode  # for tether_ros.container
+
+
 def main(args: list[str] | None = None) -> int:
     return run(ExpertNode, args)
 

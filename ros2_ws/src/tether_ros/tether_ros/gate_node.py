@@ -179,6 +179,9 @@ class GateNode(Node):
         self.diag_pub.publish(arr)
 
 
+NODE = GateNode  # for tether_ros.container
+
+
 def main(args: list[str] | None = None) -> int:
     return run(GateNode, args, events=True)  # the 200 Hz stream needs the lowest-overhead executor
 

@@ -170,6 +170,9 @@ class RecorderNode(Node):
             self.writer.discard_episode()
 
 
+NODE = RecorderNode  # for tether_ros.container
+
+
 def main(args: list[str] | None = None) -> int:
     return run(RecorderNode, args)
 

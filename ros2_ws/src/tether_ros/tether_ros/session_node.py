@@ -223,6 +223,9 @@ class SessionNode(Node):
         )
 
 
+NODE = SessionNode  # for tether_ros.container
+
+
 def main(args: list[str] | None = None) -> int:
     return run(SessionNode, args)
 

@@ -74,6 +74,9 @@ class TeleopNode(Node):
         self.pub.publish(trajectory_msg(self.profile.joint_names, stamp, [self.period], action))
 
 
+NODE = TeleopNode  # for tether_ros.container
+
+
 def main(args: list[str] | None = None) -> int:
     return run(TeleopNode, args)
 

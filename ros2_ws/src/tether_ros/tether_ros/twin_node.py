@@ -189,6 +189,9 @@ def _pose(pos: np.ndarray, quat: np.ndarray, stamp: float) -> PoseStamped:
     return msg
 
 
+NODE = TwinNode  # for tether_ros.container
+
+
 def main(args: list[str] | None = None) -> int:
     return run(TwinNode, args)
 

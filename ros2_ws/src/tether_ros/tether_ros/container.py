@@ -1,0 +1,67 @@
+"""Several tether nodes in one process, each spinning its own executor in its own thread.
+
+    python -m tether_ros.container twin_node recorder_node --ros-args -p robot:=so101 ...
+
+Large images then cross no process boundary (DESIGN: 640x480 across processes
+costs ~14 ms and, best-effort, loses frames), while rendering and video encoding,
+which release the GIL, still run side by side. Parameters apply to every node
+in the process; the graph declaration refuses conflicting values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+
+
+def _spin(node: Node, stop: threading.Event) -> None:
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while rclpy.ok() and not stop.is_set() and not getattr(node, "finished", False):
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
+        pass
+    finally:
+        stop.set()  # one node ending (e.g. a crash) ends the process, as for a single node
+
+
+def main(args: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if args is None else args)
+    split = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
+    names, ros_args = argv[:split], argv[split:]
+    if not names:
+        print("usage: python -m tether_ros.container NODE_MODULE [...] --ros-args ...", file=sys.stderr)
+        return 2
+    rclpy.init(args=["container", *ros_args])
+    nodes: list[Node] = []
+    stop = threading.Event()
+    try:
+        nodes = [importlib.import_module(f"tether_ros.{name}").NODE() for name in names]
+        threads = [threading.Thread(target=_spin, args=(n, stop), daemon=True) for n in nodes]
+        for t in threads:
+            t.start()
+        while not stop.wait(0.1):
+            pass
+        for t in threads:
+            t.join(timeout=2.0)
+        return max(int(getattr(n, "exit_code", 0)) for n in nodes)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for node in nodes:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
