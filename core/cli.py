@@ -113,6 +113,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--repeats", type=int, default=5)
     sim.add_argument("--json", type=Path, default=Path("runs/bench/sim.json"))
     sim.set_defaults(func=_bench_sim)
+    rec = bench_sub.add_parser("record", help="recording soak through the collect graph: drops, CPU, disk, commit time")
+    rec.add_argument("--robot", default="so101")
+    rec.add_argument("--seconds", type=float, default=300.0)
+    rec.add_argument("--json", type=Path, default=Path("runs/bench/record.json"))
+    rec.set_defaults(func=_bench_record)
 
 
 def _bench_sim(a: argparse.Namespace) -> int:
@@ -192,6 +197,14 @@ def _dataset(a: argparse.Namespace) -> int:
         print(f"problem: {problem}")
     print(f"{a.path}: {'valid' if not problems else f'{len(problems)} problem(s)'}")
     return 0 if not problems else 1
+
+
+def _bench_record(a: argparse.Namespace) -> int:
+    from tether.teleop import benchmark
+
+    md = benchmark.write(benchmark.run(a.json.parent / "record", a.seconds, a.robot), a.json)
+    print(md.read_text())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

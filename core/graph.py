@@ -141,6 +141,7 @@ class CollectArgs:
     episode_timeout: float = 20.0
     gate_rate_hz: float = 200.0
     takeover_after: float = 2.0  # replay device: seconds into each episode
+    stop_on_success: bool = True  # False: every episode runs its full timeout (recording soak)
 
 
 # expert: the scripted expert drives alone. replay: the expert drives, then a replayed human takes
@@ -171,7 +172,8 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
     human = [NodeSpec("teleop_node", "teleop", {"robot": a.robot, "device": a.device,
                                                 "takeover_after": a.takeover_after})] if a.device != "expert" else []
     session = base[-1]
-    params = {**session.parameters, "record": True, "human_source": "teleop" if human else ""}
+    params = {**session.parameters, "record": True, "human_source": "teleop" if human else "",
+              "stop_on_success": a.stop_on_success}
     return [twin, *base[1:-1], *human, recorder, NodeSpec(session.executable, session.name, params, terminal=True)]
 
 

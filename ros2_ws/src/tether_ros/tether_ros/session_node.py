@@ -51,6 +51,7 @@ class SessionNode(Node):
         self.video_episodes = int(p("video_episodes", 1).value)
         self.record = bool(p("record", False).value)  # collect: the recorder commits each episode
         self.human_source = str(p("human_source", "").value)  # a teleop node to reset each episode
+        self.stop_on_success = bool(p("stop_on_success", True).value)  # False: run the whole timeout (soak)
         self.nominal_period = 1.0 / float(p("gate_rate_hz", 200.0).value)
         self.finished = False
         self.exit_code = 0
@@ -160,7 +161,8 @@ class SessionNode(Node):
             self._status(index, time.monotonic() - start)
             if self._call("success").success:
                 success = True
-                break
+                if self.stop_on_success:
+                    break
         if self.record:
             commit = self._call("record_success" if success else "record_failure", timeout=60.0)
             if not commit.success:
