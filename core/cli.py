@@ -133,7 +133,11 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("collect", help="teleoperate or run the expert and record every episode to a LeRobot v3 dataset")
     _common(c)
     c.add_argument("--device", default="expert",
-                   help="expert: the scripted expert alone; replay: a replayed human takes over mid-episode")
+                   help="expert: the scripted expert alone; replay: a replayed human takes over mid-episode; "
+                        "keyboard (this terminal), gamepad (evdev), spacemouse (hidapi), leader (a leader arm's "
+                        "joint states on /leader/joint_states): the expert drives until you take over")
+    c.add_argument("--device-path", default="",
+                   help="gamepad: /dev/input/eventN, spacemouse: a hidraw path (default: the first found)")
     c.add_argument("--takeover-after", type=float, default=2.0, help="replay: seconds into each episode")
     c.add_argument("--episodes", type=int, default=20)
     c.add_argument("--out", type=Path, default=Path("runs/dataset"), help="dataset folder (appends when it exists)")
@@ -150,7 +154,7 @@ def _collect(a: argparse.Namespace) -> int:
     from tether.sim.tasks import get_task
     from tether.teleop.dataset import info
 
-    load_profile(a.robot)
+    profile = load_profile(a.robot)
     get_task(a.task)
     w, h = a.camera_size or (0, 0)
     report = a.report or a.out.with_name(a.out.name + "_report")
@@ -158,6 +162,7 @@ def _collect(a: argparse.Namespace) -> int:
         robot=a.robot, task=a.task, device=a.device, episodes=a.episodes, seed=a.seed,
         dataset=str(a.out.resolve()), report=str(report.resolve()), camera_width=w, camera_height=h,
         episode_timeout=a.episode_timeout, takeover_after=a.takeover_after,
+        device_path=_check_device(a.device, a.device_path, profile),
     )
     try:
         code = run_graph(collect_graph(args), report / "logs", timeout=60.0 + a.episodes * (a.episode_timeout + 20.0))
@@ -169,6 +174,30 @@ def _collect(a: argparse.Namespace) -> int:
         return code
     print(info(a.out))
     return 0
+
+
+def _check_device(device: str, path: str, profile: object) -> str:
+    """Fail before any process starts when the device is absent (DeviceNotFoundError: one line, exit 2).
+
+    Returns the device path the teleop node should open: for the keyboard, this terminal."""
+    import os
+
+    from tether.errors import DeviceNotFoundError
+    from tether.graph import DEVICES
+
+    if device not in DEVICES:
+        raise TetherError(f"unknown device '{device}'; devices: {', '.join(DEVICES)}")
+    if device == "keyboard":
+        if not sys.stdin.isatty():
+            raise DeviceNotFoundError("keyboard", "standard input is not a terminal",
+                                      "run tether collect in an interactive terminal or pick another device")
+        return path or os.ttyname(sys.stdin.fileno())
+    if device in ("gamepad", "spacemouse"):
+        from tether.teleop.operator import make_device
+
+        with make_device(device, profile, path):  # type: ignore[arg-type]  # connect(), disconnect()
+            pass
+    return path
 
 
 def _add_dataset(sub: argparse._SubParsersAction) -> None:

@@ -141,12 +141,14 @@ class CollectArgs:
     episode_timeout: float = 20.0
     gate_rate_hz: float = 200.0
     takeover_after: float = 2.0  # replay device: seconds into each episode
+    device_path: str = ""  # keyboard: its tty; gamepad/spacemouse: the device node ("": the first found)
     stop_on_success: bool = True  # False: every episode runs its full timeout (recording soak)
 
 
 # expert: the scripted expert drives alone. replay: the expert drives, then a replayed human takes
 # over ``takeover_after`` seconds into each episode (labelled interventions, end to end).
-DEVICES = ("expert", "replay")
+# keyboard, gamepad, spacemouse, leader: the expert drives until a person takes over on the device.
+DEVICES = ("expert", "replay", "keyboard", "gamepad", "spacemouse", "leader")
 
 
 def collect_graph(a: CollectArgs) -> list[NodeSpec]:
@@ -169,8 +171,10 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
          "autonomous_source": "expert"},
         process="sim_station",
     )
-    human = [NodeSpec("teleop_node", "teleop", {"robot": a.robot, "device": a.device,
-                                                "takeover_after": a.takeover_after})] if a.device != "expert" else []
+    teleop: dict[str, ParamValue] = {"robot": a.robot, "device": a.device, "takeover_after": a.takeover_after}
+    if a.device_path:
+        teleop["device_path"] = a.device_path
+    human = [NodeSpec("teleop_node", "teleop", teleop)] if a.device != "expert" else []
     session = base[-1]
     params = {**session.parameters, "record": True, "human_source": "teleop" if human else "",
               "stop_on_success": a.stop_on_success}

@@ -13,6 +13,7 @@ OBJECT_POSE = "/tether/sim/object_pose"  # privileged: only the twin knows it
 TARGET_POSE = "/tether/sim/target_pose"
 DIAGNOSTICS = "/diagnostics"
 INTERVENTION = "/tether/intervention"  # std_msgs/Bool, transient-local: True while a human drives
+TELEOP_EVENT = "/tether/teleop/event"  # std_msgs/String: success, failure, discard, rerecord (episode buttons)
 
 
 def source_topic(source: str) -> str:

@@ -9,6 +9,7 @@ that cannot be reached makes it exit non-zero.
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from tqdm import tqdm
 from trajectory_msgs.msg import JointTrajectory
@@ -28,7 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 from tether.report import EpisodeResult, RehearsalReport
 from tether.robot_profile import load_profile
 from tether.video import VideoWriter
-from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, camera_topic
+from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, TELEOP_EVENT, camera_topic
 from tether_ros.spin import run
 
 
@@ -74,6 +75,7 @@ class SessionNode(Node):
                 "record_begin": "/recorder/begin",
                 "record_success": "/recorder/commit_success",
                 "record_failure": "/recorder/commit_failure",
+                "record_discard": "/recorder/discard",
                 "human_reset": f"/{self.human_source or 'teleop'}/reset",
             }.items()
         }
@@ -85,6 +87,12 @@ class SessionNode(Node):
         self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
         self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diag, 50)
         self.create_subscription(Bool, INTERVENTION, self._on_intervention, LATCHED_QOS)
+        # The operator's episode buttons: success/failure end the episode, discard drops it,
+        # rerecord drops it and runs the same episode index again.
+        self._events: collections.deque[str] = collections.deque()
+        self.create_subscription(String, TELEOP_EVENT, lambda m: self._events.append(str(m.data)), 10)
+        self._discarded = 0
+        self._rerecorded = 0
         self._image_sub = self.create_subscription(Image, camera_topic(self.video_camera), self._on_image, 5)
         self._episodes_done = 0
         self.create_timer(0.5, self._drop_camera_when_done)
@@ -139,7 +147,8 @@ class SessionNode(Node):
         assert result is not None
         return result
 
-    def _episode(self, index: int) -> EpisodeResult:
+    def _episode(self, index: int) -> EpisodeResult | str:
+        """The episode's result, or "discard"/"rerecord" when the operator dropped it."""
         self._recording = False
         seed_msg = self._call("twin_reset").message
         self._call("source_reset")
@@ -153,27 +162,47 @@ class SessionNode(Node):
         if self.record:
             self._call("record_begin")
         self._last_command = None
+        self._events.clear()  # a button pressed between episodes does not end the next one
         self._recording = True
         start = time.monotonic()
         success = False
+        event = ""
         while time.monotonic() - start < self.timeout_s:
             time.sleep(0.1)
             self._status(index, time.monotonic() - start)
+            if self._events:
+                event = self._events.popleft()
+                if event in ("success", "failure", "discard", "rerecord"):
+                    success = event == "success"
+                    break
+                self.get_logger().warning(f"unknown teleop event '{event}' ignored")
+                event = ""
             if self._call("success").success:
                 success = True
                 if self.stop_on_success:
                     break
+        if event in ("discard", "rerecord"):
+            if self.record:
+                dropped = self._call("record_discard", timeout=60.0)
+                if not dropped.success:
+                    raise GraphError(f"recorder could not discard episode {index}: {dropped.message}")
+            self._close_video()
+            self.get_logger().info(f"episode {index}: {event} (operator)")
+            return event
         if self.record:
             commit = self._call("record_success" if success else "record_failure", timeout=60.0)
             if not commit.success:
                 raise GraphError(f"recorder could not commit episode {index}: {commit.message}")
             self._commits.append(commit.message)
+        self._close_video()
+        return EpisodeResult(index, seed, success, time.monotonic() - start)
+
+    def _close_video(self) -> None:
         with self._video_lock:
             self._recording = False
             if self._video is not None:
                 self._video.close()
                 self._video = None
-        return EpisodeResult(index, seed, success, time.monotonic() - start)
 
     def _status(self, index: int, elapsed: float) -> None:
         """The live status line: episode, time, who drives, recorded frames and drops."""
@@ -190,12 +219,23 @@ class SessionNode(Node):
         try:
             results: list[EpisodeResult] = []
             desc = "collect" if self.record else "rehearsal"
-            bar = tqdm(range(self.episodes), desc=desc, unit="ep", file=sys.stderr, dynamic_ncols=True)
+            bar = tqdm(total=self.episodes, desc=desc, unit="ep", file=sys.stderr, dynamic_ncols=True)
             self._bar = bar
-            for i in bar:
-                results.append(self._episode(i))
-                self._successes += results[-1].success
+            i = 0
+            while i < self.episodes:
+                result = self._episode(i)
+                if result == "rerecord":  # the same episode index again
+                    self._rerecorded += 1
+                    continue
+                i += 1
+                bar.update(1)
                 self._episodes_done += 1
+                if result == "discard":  # dropped and counted; on to the next episode
+                    self._discarded += 1
+                    continue
+                assert isinstance(result, EpisodeResult)
+                results.append(result)
+                self._successes += result.success
                 bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
             bar.close()
             time.sleep(1.2)  # let the gate's 1 Hz diagnostics catch the last episode
@@ -216,7 +256,8 @@ class SessionNode(Node):
             gate=gate,
             twin_rtf=float(np.median(self._rtf)) if self._rtf else float("nan"),
             meta={"robot": self.profile.name, "task": self.task, "source": self.source, "seed": self.seed,
-                  "recorder_commits": self._commits},
+                  "recorder_commits": self._commits, "discarded_episodes": self._discarded,
+                  "rerecorded_episodes": self._rerecorded},
         )
         data = report.write(self.report_dir)
         self.get_logger().info(
