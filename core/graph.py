@@ -42,18 +42,15 @@ class ProcessSpec:
 
 
 def processes(nodes: list[NodeSpec]) -> list[ProcessSpec]:
-    """Group a graph's nodes into processes, merging a shared process's parameters."""
-    out: list[ProcessSpec] = []
+    """Group a graph's nodes into processes (in order of first appearance), merging shared parameters."""
     groups: dict[str, list[NodeSpec]] = {}
     for spec in nodes:
-        if spec.process:
-            if spec.process not in groups:
-                groups[spec.process] = []
-                out.append(ProcessSpec(spec.process, "container", [], {}))  # placeholder keeps order
-            groups[spec.process].append(spec)
-        else:
-            out.append(ProcessSpec(spec.name, spec.executable, [], dict(spec.parameters), spec.package, spec.terminal))
-    return [_container(p.name, groups[p.name]) if p.name in groups and p.executable == "container" else p for p in out]
+        groups.setdefault(spec.process or f"node:{spec.name}", []).append(spec)
+    return [_container(key, specs) if specs[0].process else _single(specs[0]) for key, specs in groups.items()]
+
+
+def _single(spec: NodeSpec) -> ProcessSpec:
+    return ProcessSpec(spec.name, spec.executable, [], dict(spec.parameters), spec.package, spec.terminal)
 
 
 def _container(name: str, specs: list[NodeSpec]) -> ProcessSpec:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pinocchio as pin
 
-from tether.errors import IKError, JointVectorError, UnknownFrameError, UnknownJointError
+from tether.errors import ConfigError, IKError, JointVectorError, UnknownFrameError, UnknownJointError
 from tether.robot_profile import RobotProfile
 
 _LWA = pin.ReferenceFrame.LOCAL_WORLD_ALIGNED
@@ -204,7 +204,7 @@ class Kinematics:
         jid = self.model.getJointId(name)
         joint = self.model.joints[jid]
         if joint.nq != 1 or joint.nv != 1:
-            raise NotImplementedError(f"joint '{name}' has nq={joint.nq}; only 1-DoF joints are supported")
+            raise ConfigError(f"joint '{name}' has nq={joint.nq}; only 1-DoF (revolute/prismatic) joints are supported")
         return joint
 
 

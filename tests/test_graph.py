@@ -1,0 +1,36 @@
+"""The one graph declaration: processes, shared processes and their parameters."""
+
+import dataclasses
+
+import pytest
+
+from tether.errors import TetherError
+from tether.graph import CollectArgs, NodeSpec, RehearsalArgs, collect_graph, processes, rehearsal_graph
+
+
+def test_rehearsal_runs_one_process_per_node_with_the_session_last() -> None:
+    procs = processes(rehearsal_graph(RehearsalArgs()))
+    assert [p.executable for p in procs] == ["twin_node", "expert_node", "gate_node", "session_node"]
+    assert [p.terminal for p in procs] == [False, False, False, True]
+
+
+def test_collect_keeps_images_in_the_twins_process() -> None:
+    procs = processes(collect_graph(CollectArgs(device="replay")))
+    station = next(p for p in procs if p.executable == "container")
+    assert station.arguments == ["twin_node", "recorder_node"] and not station.remap_name
+    assert station.parameters["dataset"] == "runs/dataset" and station.parameters["task"] == "pick_place"
+    assert "teleop_node" in [p.executable for p in procs]
+
+
+def test_conflicting_parameters_in_one_process_are_refused() -> None:
+    nodes = [NodeSpec("twin_node", "twin", {"robot": "so101"}, process="p"),
+             NodeSpec("recorder_node", "recorder", {"robot": "panda"}, process="p")]
+    with pytest.raises(TetherError, match="parameter 'robot' differs"):
+        processes(nodes)
+
+
+def test_unknown_sources_and_devices_list_the_valid_ones() -> None:
+    with pytest.raises(TetherError, match="sources: expert"):
+        rehearsal_graph(dataclasses.replace(RehearsalArgs(), source="ghost"))
+    with pytest.raises(TetherError, match="devices: expert, replay"):
+        collect_graph(dataclasses.replace(CollectArgs(), device="ghost"))
