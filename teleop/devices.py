@@ -148,3 +148,20 @@ class Teleoperator(ABC):
 def twist_activity(twist: np.ndarray | None) -> float:
     """Largest normalised axis deflection."""
     return 0.0 if twist is None else float(np.max(np.abs(twist)))
+
+
+class TwistTeleoperator(Teleoperator):
+    """A device that commands a Cartesian twist; subclasses keep the latest one in ``_last``."""
+
+    kind: Literal["twist", "joints"] = "twist"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = np.zeros(4)
+
+    @property
+    def action_features(self) -> dict[str, type]:
+        return twist_features()
+
+    def activity(self) -> float:
+        return twist_activity(self._last)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tether.errors import DeviceDependencyError, DeviceNotFoundError
-from tether.teleop.devices import Buttons, TeleopCommand, Teleoperator, twist_activity, twist_features
+from tether.teleop.devices import Buttons, TeleopCommand, TwistTeleoperator
 
 # Event types and codes from linux/input-event-codes.h (what evdev.ecodes also exports).
 EV_SYN, EV_KEY, EV_ABS = 0x00, 0x01, 0x03
@@ -97,11 +97,10 @@ class PadState:
         return buttons
 
 
-class Gamepad(Teleoperator):
+class Gamepad(TwistTeleoperator):
     """The first evdev device with sticks and a south button, or the one at ``path``."""
 
     name = "gamepad"
-    kind = "twist"
 
     def __init__(self, path: str | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -109,14 +108,6 @@ class Gamepad(Teleoperator):
         self._clock = clock
         self._device: Any = None
         self.state = PadState()
-        self._last = np.zeros(4)
-
-    @property
-    def action_features(self) -> dict[str, type]:
-        return twist_features()
-
-    def activity(self) -> float:
-        return twist_activity(self._last)
 
     def _open(self) -> None:
         evdev = _import_evdev()

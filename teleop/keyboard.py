@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from tether.errors import DeviceNotFoundError
-from tether.teleop.devices import TWIST_AXES, Buttons, TeleopCommand, Teleoperator, twist_activity, twist_features
+from tether.teleop.devices import TWIST_AXES, Buttons, TeleopCommand, TwistTeleoperator
 
 # key -> (twist axis index, direction)
 MOTION_KEYS: dict[str, tuple[int, float]] = {
@@ -74,11 +74,10 @@ class KeyState:
         return buttons
 
 
-class Keyboard(Teleoperator):
+class Keyboard(TwistTeleoperator):
     """Keys from a terminal file descriptor (default: stdin). A pty's slave end works too."""
 
     name = "keyboard"
-    kind = "twist"
 
     def __init__(self, fd: int | None = None, *, hold_s: float = 0.3, gripper_step: float = 0.25,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -87,14 +86,6 @@ class Keyboard(Teleoperator):
         self._clock = clock
         self.keys = KeyState(hold_s, gripper_step)
         self._saved: list | None = None  # terminal attributes to restore
-        self._last = np.zeros(len(TWIST_AXES))
-
-    @property
-    def action_features(self) -> dict[str, type]:
-        return twist_features()
-
-    def activity(self) -> float:
-        return twist_activity(self._last)
 
     def _open(self) -> None:
         fd = sys.stdin.fileno() if self._fd is None else self._fd

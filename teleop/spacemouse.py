@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tether.errors import DeviceDependencyError, DeviceNotFoundError
-from tether.teleop.devices import Buttons, TeleopCommand, Teleoperator, twist_activity, twist_features
+from tether.teleop.devices import Buttons, TeleopCommand, TwistTeleoperator
 
 LOGITECH, THREEDCONNEXION = 0x046D, 0x256F
 # Logitech-era product ids (SpaceNavigator, SpaceExplorer, SpacePilot Pro, SpaceMouse Pro, ...);
@@ -84,9 +84,8 @@ class SpaceMouseState:
                 self._pressed.add(name)
 
 
-class SpaceMouse(Teleoperator):
+class SpaceMouse(TwistTeleoperator):
     name = "spacemouse"
-    kind = "twist"
 
     def __init__(self, path: bytes | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -94,14 +93,6 @@ class SpaceMouse(Teleoperator):
         self._clock = clock
         self._device: Any = None
         self.state = SpaceMouseState()
-        self._last = np.zeros(4)
-
-    @property
-    def action_features(self) -> dict[str, type]:
-        return twist_features()
-
-    def activity(self) -> float:
-        return twist_activity(self._last)
 
     def _open(self) -> None:
         hid = _import_hid()
