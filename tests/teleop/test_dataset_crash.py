@@ -101,7 +101,7 @@ def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
     added, recovered = kill_while_recording(tmp_path / "ds", after_s=1.7)
     assert_committed_intact(tmp_path / "ds")
     print(f"added {added}, recovered {recovered}, lost {added - recovered} frames at {FPS} fps")
-    assert FPS <= recovered <= added
+    assert FPS <= recovered <= added + 1  # the frame in flight may be on disk but not yet logged
     assert added - recovered <= FPS  # at most one 1 s segment (plus nothing else)
     state = pq.read_table(tmp_path / "ds/data/chunk-000/file-000.parquet").column("observation.state")
     np.testing.assert_array_equal(np.array(state[-1].as_py(), np.float32), expected_state(COMMITTED, recovered - 1))
@@ -115,7 +115,9 @@ def test_sigkill_at_random_moments(tmp_path):
         added, recovered = kill_while_recording(root, after_s=rng.uniform(0.0, 3.0))
         assert_committed_intact(root)
         print(f"trial {trial}: added {added}, recovered {recovered}, lost {added - recovered}")
-        assert 0 <= added - recovered <= FPS, (trial, added, recovered)
+        # ``added`` is logged after add_frame returns, so the frame in flight at the kill may be on disk
+        # yet not logged: recovered can exceed it by one.
+        assert -1 <= added - recovered <= FPS, (trial, added, recovered)
         # The recovered dataset keeps recording.
         with DatasetWriter.open_existing(root) as writer:
             assert writer.recovery.clean
