@@ -140,6 +140,7 @@ class CollectArgs:
     takeover_after: float = 2.0  # replay device: seconds into each episode
     device_path: str = ""  # keyboard: its tty; gamepad/spacemouse: the device node ("": the first found)
     stop_on_success: bool = True  # False: every episode runs its full timeout (recording soak)
+    mcap_images: bool = True  # raw camera images in the MCAP log too (~3 GB/min at 2x640x480x30 fps)
 
 
 # expert: the scripted expert drives alone. replay: the expert drives, then a replayed human takes
@@ -165,7 +166,7 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
         "recorder_node",
         "recorder",
         {"robot": a.robot, "dataset": a.dataset, "camera_width": a.camera_width, "camera_height": a.camera_height,
-         "autonomous_source": "expert"},
+         "autonomous_source": "expert", "log_images": a.mcap_images},
         process="sim_station",
     )
     teleop: dict[str, ParamValue] = {"robot": a.robot, "device": a.device, "takeover_after": a.takeover_after}

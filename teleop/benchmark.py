@@ -29,12 +29,12 @@ def _parse_commit(message: str) -> dict[str, Any]:
     return {"frames_total": int(fields["frames"]), "dropped": dropped, "commit_s": float(fields.get("commit_s", "nan"))}
 
 
-def run(out_dir: Path, seconds: float, robot: str = "so101", fps: int = 30) -> dict[str, Any]:
+def run(out_dir: Path, seconds: float, robot: str = "so101", fps: int = 30, mcap_images: bool = True) -> dict[str, Any]:
     dataset, report = out_dir / "dataset", out_dir / "graph_report"
     for path in (dataset, out_dir / "dataset_mcap", report):
         shutil.rmtree(path, ignore_errors=True)
     args = CollectArgs(robot=robot, episodes=1, dataset=str(dataset.resolve()), report=str(report.resolve()),
-                       episode_timeout=seconds, stop_on_success=False)
+                       episode_timeout=seconds, stop_on_success=False, mcap_images=mcap_images)
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     code = run_graph(collect_graph(args), report / "logs", timeout=seconds + 120)
@@ -50,6 +50,7 @@ def run(out_dir: Path, seconds: float, robot: str = "so101", fps: int = 30) -> d
     return {
         "seconds": seconds,
         "cameras": "2 x profile size at 30 fps",
+        "mcap_images": mcap_images,
         "frames_recorded": commit["frames_total"],
         "frames_expected_at_nominal_fps": expected,
         "frames_recorded_vs_nominal": commit["frames_total"] / expected,
@@ -70,7 +71,8 @@ def write(results: dict[str, Any], json_path: Path) -> Path:
     r = results
     md = json_path.with_suffix(".md")
     md.write_text("\n".join([
-        f"# Recording soak ({r['seconds']:.0f} s, {r['cameras']}, joints at 250 Hz)",
+        f"# Recording soak ({r['seconds']:.0f} s, {r['cameras']}, joints at 250 Hz, "
+        f"MCAP {'with' if r['mcap_images'] else 'without'} images)",
         "",
         "| figure | value |",
         "|---|---|",

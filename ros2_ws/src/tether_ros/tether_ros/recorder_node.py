@@ -51,8 +51,9 @@ class RecorderNode(Node):
             self.profile.joint_states_topic: "sensor_msgs/msg/JointState",
             self.profile.command_topic: "trajectory_msgs/msg/JointTrajectory",
             INTERVENTION: "std_msgs/msg/Bool",
-            **{camera_topic(c): "sensor_msgs/msg/Image" for c in spec.cameras},
         }
+        if bool(p("log_images", True).value):  # raw images are ~3 GB/min at 2x640x480x30 fps
+            self._topics.update({camera_topic(c): "sensor_msgs/msg/Image" for c in spec.cameras})
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
         self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
         self.create_subscription(Bool, INTERVENTION, self._on_intervention, LATCHED_QOS)
@@ -88,7 +89,8 @@ class RecorderNode(Node):
     def _on_image(self, camera: str, msg: Image) -> None:
         if not self.recording:
             return
-        self._log(camera_topic(camera), msg, _ns(msg.header.stamp))
+        if camera_topic(camera) in self._topics:
+            self._log(camera_topic(camera), msg, _ns(msg.header.stamp))
         rgb = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
         for frame in self.sampler.on_image(camera, rgb, _ns(msg.header.stamp)):
             try:
