@@ -105,17 +105,22 @@ class TwinNode(Node):
         while self._sim_stamp() + dt / 2 < target_time:
             self.twin.set_targets(self.follower.sample(self._sim_stamp() + dt))
             self.twin.step(dt * 1e3)
+            if self.publish_cameras and self.twin.time >= self._next_camera - dt / 2:
+                # Cameras live in sim time: a late tick renders every frame it stepped past, each
+                # with the joint state of its own instant, so the twin never skips a frame.
+                self._next_camera += self.camera_period
+                self._publish_state(self._sim_stamp())
+                self._publish_images(self._sim_stamp())
         self._busy += time.perf_counter() - start
         stamp = self._sim_stamp()
         if self.clock_pub is not None:
             self.clock_pub.publish(Clock(clock=to_stamp(stamp)))
+        self._publish_state(stamp)
+        self._publish_poses(stamp)
+
+    def _publish_state(self, stamp: float) -> None:
         names = self.twin.joint_names
         self.joint_pub.publish(joint_state_msg(names, self.twin.joint_positions(), self.twin.joint_velocities(), stamp))
-        self._publish_poses(stamp)
-        if self.publish_cameras and self.twin.time >= self._next_camera:
-            # On a fixed schedule (not "now + period"), so ticks that land late do not slow the camera.
-            self._next_camera = max(self._next_camera + self.camera_period, self.twin.time - self.camera_period)
-            self._publish_images(stamp)
 
     def _publish_poses(self, stamp: float) -> None:
         if self.twin.task_name is None:
