@@ -54,7 +54,10 @@ class FrameSampler:
     def __post_init__(self) -> None:
         self.anchor = self.cameras[0]
         self.tolerance_ns = int(0.5e9 / self.fps)
-        self._images: dict[str, collections.deque[Stamped]] = {c: collections.deque(maxlen=8) for c in self.cameras}
+        # Captures held back while a slower stream catches up (~2 s); past that the stream is gone.
+        self.max_backlog = max(4, int(2 * self.fps))
+        self._images: dict[str, collections.deque[Stamped]] = {
+            c: collections.deque(maxlen=self.max_backlog + 8) for c in self.cameras}
         self._states: collections.deque[Stamped] = collections.deque(maxlen=512)
         self._actions: collections.deque[Stamped] = collections.deque(maxlen=512)
         self._last_anchor_ns: int | None = None
@@ -116,14 +119,14 @@ class FrameSampler:
             return "wait" if self._still_expected(self._states, t) else self._drop("stale_state")
         action = _nearest(self._actions, t)
         if action is None or abs(action[0] - t) > self.freshness.action_ns:
-            return self._drop("no_action")
+            return "wait" if self._still_expected(self._actions, t) else self._drop("no_action")
         self._pop_anchor()
         return SampledFrame(state[1], action[1], images, t, self.intervention, self.control_source, self.phase)
 
     def _still_expected(self, stream: collections.deque[Stamped], t: int) -> bool:
         """A sample of time ``t`` may still arrive: the stream has nothing newer yet and we are not far behind."""
         newest = stream[-1][0] if stream else None
-        return (newest is None or newest < t) and len(self._images[self.anchor]) < 4
+        return (newest is None or newest < t) and len(self._images[self.anchor]) < self.max_backlog
 
     def _drop(self, reason: str) -> str:
         self.dropped[reason] += 1

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
@@ -26,6 +27,10 @@ from tether.teleop.mcap_log import McapLog
 from tether.teleop.recorder import FrameSampler
 from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, STATE_QOS, camera_topic
 from tether_ros.spin import run
+
+
+def RECORD_QOS(depth: int) -> QoSProfile:  # noqa: N802 - reads like the other QoS constants
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
 def _ns(stamp: object) -> int:
@@ -54,11 +59,13 @@ class RecorderNode(Node):
         }
         if bool(p("log_images", True).value):  # raw images are ~3 GB/min at 2x640x480x30 fps
             self._topics.update({camera_topic(c): "sensor_msgs/msg/Image" for c in spec.cameras})
-        self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
-        self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
+        # Deep queues (~2 s) so a stall here (a segment flush, an MCAP chunk write) delays samples
+        # instead of losing them.
+        self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, RECORD_QOS(600))
+        self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, RECORD_QOS(500))
         self.create_subscription(Bool, INTERVENTION, self._on_intervention, LATCHED_QOS)
         for cam in spec.cameras:
-            self.create_subscription(Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), 10)
+            self.create_subscription(Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), RECORD_QOS(60))
         self.create_service(Trigger, "~/begin", self._begin)
         self.create_service(Trigger, "~/commit_success", lambda q, r: self._commit(True, r))
         self.create_service(Trigger, "~/commit_failure", lambda q, r: self._commit(False, r))
