@@ -29,7 +29,7 @@ def _parse_commit(message: str) -> dict[str, Any]:
     return {"frames_total": int(fields["frames"]), "dropped": dropped, "commit_s": float(fields.get("commit_s", "nan"))}
 
 
-def run(out_dir: Path, seconds: float, robot: str = "so101", fps: int = 30, mcap_images: bool = True) -> dict[str, Any]:
+def run(out_dir: Path, seconds: float, robot: str = "so101", fps: int = 30, mcap_images: bool = False) -> dict[str, Any]:
     dataset, report = out_dir / "dataset", out_dir / "graph_report"
     for path in (dataset, out_dir / "dataset_mcap", report):
         shutil.rmtree(path, ignore_errors=True)

@@ -14,7 +14,7 @@ from tether.teleop.dataset import validate
 
 def test_replay_takeover_is_recorded_and_labelled(tmp_path: Path) -> None:
     out = tmp_path / "dataset"
-    code = main(["collect", "--device", "replay", "--takeover-after", "1.5", "--episodes", "2",
+    code = main(["collect", "--device", "replay", "--takeover-after", "1.5", "--episodes", "2", "--mcap-images",
                  "--camera-size", "64", "48", "--out", str(out)])
     assert code == 0
     assert validate(out) == []

@@ -57,7 +57,7 @@ class RecorderNode(Node):
             self.profile.command_topic: "trajectory_msgs/msg/JointTrajectory",
             INTERVENTION: "std_msgs/msg/Bool",
         }
-        if bool(p("log_images", True).value):  # raw images are ~3 GB/min at 2x640x480x30 fps
+        if bool(p("log_images", False).value):  # raw images are ~3 GB/min at 2x640x480x30 fps
             self._topics.update({camera_topic(c): "sensor_msgs/msg/Image" for c in spec.cameras})
         # Deep queues (~2 s) so a stall here (a segment flush, an MCAP chunk write) delays samples
         # instead of losing them.
