@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tether.errors import TetherError
+from tether.graph import NodeSpec
 
 
 def _add_sim(sub: argparse._SubParsersAction) -> None:
@@ -72,10 +73,23 @@ def _sim_view(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run(command: str, nodes: list[NodeSpec], report: Path, budget: float) -> int:
+    """Run a graph; on failure say why and where the logs are, and return the exit code."""
+    from tether.runner import GraphFailed, run_graph
+
+    try:
+        code = run_graph(nodes, report / "logs", timeout=budget)
+    except GraphFailed as exc:
+        print(f"tether {command}: the graph failed: {exc}", file=sys.stderr)
+        return 2
+    if code != 0:
+        print(f"tether {command}: session exited with {code}; logs in {report / 'logs'}", file=sys.stderr)
+    return code
+
+
 def _rehearse(a: argparse.Namespace) -> int:
     from tether.graph import RehearsalArgs, rehearsal_graph
     from tether.robot_profile import load_profile
-    from tether.runner import GraphFailed, run_graph
     from tether.sim.tasks import get_task
 
     load_profile(a.robot)  # fail fast, before any process starts
@@ -86,14 +100,8 @@ def _rehearse(a: argparse.Namespace) -> int:
         report=str(a.report.resolve()), camera_width=w, camera_height=h,
         episode_timeout=a.episode_timeout, video_episodes=a.video_episodes,
     )
-    budget = 60.0 + a.episodes * (a.episode_timeout + 10.0)
-    try:
-        code = run_graph(rehearsal_graph(args), a.report / "logs", timeout=budget)
-    except GraphFailed as exc:
-        print(f"tether rehearse: the graph failed: {exc}", file=sys.stderr)
-        return 2
+    code = _run("rehearse", rehearsal_graph(args), a.report, 60.0 + a.episodes * (a.episode_timeout + 10.0))
     if code != 0:
-        print(f"tether rehearse: session exited with {code}; logs in {a.report / 'logs'}", file=sys.stderr)
         return code
     summary = json.loads((a.report / "report.json").read_text())
     lat = summary["latency_ms"]["obs_to_command"]
@@ -153,7 +161,6 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
 def _collect(a: argparse.Namespace) -> int:
     from tether.graph import CollectArgs, collect_graph
     from tether.robot_profile import load_profile
-    from tether.runner import GraphFailed, run_graph
     from tether.sim.tasks import get_task
     from tether.teleop.dataset import info
 
@@ -167,13 +174,8 @@ def _collect(a: argparse.Namespace) -> int:
         episode_timeout=a.episode_timeout, takeover_after=a.takeover_after, mcap_images=a.mcap_images,
         device_path=_check_device(a.device, a.device_path, profile),
     )
-    try:
-        code = run_graph(collect_graph(args), report / "logs", timeout=60.0 + a.episodes * (a.episode_timeout + 20.0))
-    except GraphFailed as exc:
-        print(f"tether collect: the graph failed: {exc}", file=sys.stderr)
-        return 2
+    code = _run("collect", collect_graph(args), report, 60.0 + a.episodes * (a.episode_timeout + 20.0))
     if code != 0:
-        print(f"tether collect: session exited with {code}; logs in {report / 'logs'}", file=sys.stderr)
         return code
     print(info(a.out))
     return 0
