@@ -18,6 +18,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from tether_ros.spin import release
+
 
 def _spin(node: Node, stop: threading.Event) -> None:
     executor = SingleThreadedExecutor()
@@ -54,13 +56,7 @@ def main(args: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for node in nodes:
-            close = getattr(node, "close", None)
-            if close is not None:
-                close()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        release(nodes)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,16 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None, *, events:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            close = getattr(node, "close", None)
-            if close is not None:
-                close()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        release([node] if node is not None else [])
     return code
+
+
+def release(nodes: list[Node]) -> None:
+    """Close (devices, files) and destroy nodes, then shut rclpy down."""
+    for node in nodes:
+        close = getattr(node, "close", None)
+        if close is not None:
+            close()
+        node.destroy_node()
+    if rclpy.ok():
+        rclpy.shutdown()
