@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tether-installed
 APT_PACKAGES := libegl1 libgl1 libosmesa6 libgles2 libusb-1.0-0
-EXTRAS := sim,ros,runtime,dev
+EXTRAS := sim,ros,runtime,train,dev
 export MUJOCO_GL ?= egl
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 

@@ -160,3 +160,23 @@ class ReplayError(TetherError):
 
 class McapLogError(TetherError):
     """A raw MCAP log call was not possible (unknown topic or type, log closed, path taken)."""
+
+
+class PolicyError(TetherError):
+    """A policy model (manifest, ONNX graph or its output) cannot be used as given."""
+
+
+class ManifestError(PolicyError):
+    """A model folder's manifest is missing, malformed, or does not match its files."""
+
+
+class ModelMismatchError(PolicyError):
+    """A model was trained for other joints or cameras than the robot profile has."""
+
+
+class PolicyOutputError(PolicyError):
+    """The model produced an action that must not reach the robot (NaN, inf, wrong shape)."""
+
+
+class WriterProcessError(DatasetError):
+    """The dataset writer's worker process died, failed or stopped answering; recording cannot go on."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import types
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +23,14 @@ def so101() -> RobotProfile:
 @pytest.fixture(scope="session")
 def panda() -> RobotProfile:
     return load_profile("panda")
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> types.ModuleType:
+    """tests/policy_runtime/demo_data.py: a tiny LeRobot v3 dataset writer for policy tests."""
+    path = Path(__file__).parent / "policy_runtime" / "demo_data.py"
+    spec = importlib.util.spec_from_file_location("tether_tests_demo_data", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,154 @@
+"""Training frames from a local LeRobotDataset v3: parquet tables plus mp4 segments, held in memory.
+
+Small datasets (tens of episodes at 96x96) fit in RAM as uint8, so sampling a batch
+is indexing, with no loader processes on a 2-core machine. Any LeRobot v3.0 folder
+works: paths come from ``meta/info.json``'s templates, episodes from
+``meta/episodes/*/*.parquet`` and their video segments from the from/to timestamps.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+
+from tether.errors import DatasetError, DatasetLayoutError
+
+STATE = "observation.state"
+ACTION = "action"
+IMAGE_PREFIX = "observation.images."
+
+
+@dataclass
+class Episode:
+    index: int
+    success: bool | None
+    state: np.ndarray  # [T, D] float32
+    action: np.ndarray  # [T, D] float32
+    images: dict[str, np.ndarray]  # camera -> [T, H, W, 3] uint8
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+
+@dataclass
+class DemoSet:
+    """Episodes plus what a policy needs to know about them."""
+
+    root: Path
+    fps: float
+    robot: str
+    joint_names: list[str]
+    cameras: list[str]
+    image_size: tuple[int, int]  # (H, W) after any resize
+    episodes: list[Episode]
+
+    @property
+    def frames(self) -> int:
+        return sum(len(e) for e in self.episodes)
+
+
+def read_info(root: Path) -> dict[str, Any]:
+    path = root / "meta" / "info.json"
+    if not path.is_file():
+        raise DatasetLayoutError(f"{root}: no meta/info.json; not a LeRobot v3 dataset")
+    info: dict[str, Any] = json.loads(path.read_text())
+    if info.get("codebase_version") != "v3.0":
+        raise DatasetLayoutError(f"{path}: codebase_version {info.get('codebase_version')!r}; training reads v3.0")
+    for key in (STATE, ACTION):
+        if key not in info["features"]:
+            raise DatasetLayoutError(f"{path}: no '{key}' feature; features: {', '.join(info['features'])}")
+    return info
+
+
+def episode_rows(root: Path) -> list[dict[str, Any]]:
+    files = sorted(glob.glob(str(root / "meta" / "episodes" / "*" / "*.parquet")))
+    if not files:
+        raise DatasetLayoutError(f"{root}: no meta/episodes/*/*.parquet; run `tether dataset recover {root}`")
+    rows = [row for f in files for row in pq.read_table(f).to_pylist()]
+    return sorted(rows, key=lambda r: r["episode_index"])
+
+
+def load_demos(root: Path | str, *, image_size: tuple[int, int] | None = None, only_success: bool = True,
+               episodes: list[int] | None = None, progress: Callable[[int, int], None] | None = None) -> DemoSet:
+    """Decode the chosen episodes; ``image_size`` (H, W) resizes frames while decoding.
+
+    With ``only_success``, episodes recorded as failures are left out (unknown outcomes stay).
+    """
+    root = Path(root)
+    info = read_info(root)
+    cameras = [k[len(IMAGE_PREFIX):] for k, f in info["features"].items()
+               if k.startswith(IMAGE_PREFIX) and f["dtype"] == "video"]
+    if not cameras:
+        raise DatasetError(f"{root}: no video cameras; policies here need image observations")
+    h, w = info["features"][IMAGE_PREFIX + cameras[0]]["shape"][:2]
+    size = image_size or (int(h), int(w))
+    all_rows = episode_rows(root)
+    rows = [r for r in all_rows if _wanted(r, only_success, episodes)]
+    if not rows:
+        raise DatasetError(f"{root}: no episodes left to train on (only_success={only_success}, episodes={episodes})")
+    tables: dict[tuple[int, int], Any] = {}
+    # Data files hold consecutive global indices; a file's first episode says where it starts.
+    file_starts: dict[tuple[int, int], int] = {}
+    for r in all_rows:
+        key = (r["data/chunk_index"], r["data/file_index"])
+        file_starts[key] = min(file_starts.get(key, r["dataset_from_index"]), r["dataset_from_index"])
+    loaded = []
+    for i, row in enumerate(rows):
+        loaded.append(_episode(root, info, row, cameras, size, tables, file_starts))
+        if progress is not None:
+            progress(i + 1, len(rows))
+    names = list(info["features"][STATE]["names"] or [])
+    return DemoSet(root, float(info["fps"]), str(info.get("robot_type") or ""), names, cameras, size, loaded)
+
+
+def _wanted(row: dict[str, Any], only_success: bool, episodes: list[int] | None) -> bool:
+    if episodes is not None and row["episode_index"] not in episodes:
+        return False
+    return not (only_success and row.get("success") is False)
+
+
+def _episode(root: Path, info: dict[str, Any], row: dict[str, Any], cameras: list[str],
+             size: tuple[int, int], tables: dict[tuple[int, int], Any],
+             file_starts: dict[tuple[int, int], int]) -> Episode:
+    key = (row["data/chunk_index"], row["data/file_index"])
+    if key not in tables:
+        path = root / info["data_path"].format(chunk_index=key[0], file_index=key[1])
+        tables[key] = pq.read_table(path, columns=["episode_index", "frame_index", STATE, ACTION])
+    table = tables[key]
+    start, stop = row["dataset_from_index"], row["dataset_to_index"]
+    part = table.slice(start - file_starts[key], stop - start)
+    state = np.asarray(part.column(STATE).to_pylist(), dtype=np.float32)
+    action = np.asarray(part.column(ACTION).to_pylist(), dtype=np.float32)
+    images = {cam: _segment(root, info, row, cam, len(state), size) for cam in cameras}
+    return Episode(int(row["episode_index"]), row.get("success"), state, action, images)
+
+
+def _segment(root: Path, info: dict[str, Any], row: dict[str, Any], cam: str, frames: int,
+             size: tuple[int, int]) -> np.ndarray:
+    vkey = IMAGE_PREFIX + cam
+    path = root / info["video_path"].format(video_key=vkey, chunk_index=row[f"videos/{vkey}/chunk_index"],
+                                            file_index=row[f"videos/{vkey}/file_index"])
+    start = float(row[f"videos/{vkey}/from_timestamp"])
+    half = 0.5 / float(info["fps"])
+    out = np.empty((frames, size[0], size[1], 3), dtype=np.uint8)
+    n = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        container.seek(int(max(0.0, start - 1.0) / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time < start - half:
+                continue
+            out[n] = frame.to_ndarray(format="rgb24", width=size[1], height=size[0])
+            n += 1
+            if n == frames:
+                return out
+    raise DatasetError(f"{path}: episode {row['episode_index']} has {frames} frames but the video segment "
+                       f"from {start:.3f} s holds {n}; run `tether dataset validate {root}`")

@@ -1,0 +1,39 @@
+"""A tiny LeRobot v3 dataset written by tether's own writer, for training and export tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tether.robot_profile import RobotProfile
+from tether.teleop.dataset import DatasetSpec, DatasetWriter
+
+FPS = 10
+SIZE = (32, 32)  # height, width
+
+
+def shade(ep: int, i: int, cam: int) -> int:
+    """A flat grey level that identifies (episode, frame, camera) after lossy coding."""
+    return (ep * 40 + i * 6 + cam * 90) % 200 + 20
+
+
+def state_of(ep: int, i: int, joints: int) -> np.ndarray:
+    return (np.linspace(-1, 1, joints) * 0.3 + 0.1 * ep + i / 50).astype(np.float32)
+
+
+def write_demos(root: Path, profile: RobotProfile, lengths: list[int], failed: tuple[int, ...] = ()) -> Path:
+    """Episode e has ``lengths[e]`` frames; action = next state; episodes in ``failed`` end as failures."""
+    spec = DatasetSpec.from_profile(profile, fps=FPS, image_size=SIZE)
+    ns = 1_700_000_000_000_000_000
+    with DatasetWriter.create(root, spec) as writer:
+        for ep, length in enumerate(lengths):
+            writer.begin_episode("pick the cube")
+            for i in range(length):
+                ns += 100_000_000
+                state = state_of(ep, i, len(spec.joint_names))
+                images = {c: np.full((*SIZE, 3), shade(ep, i, k), np.uint8) for k, c in enumerate(spec.cameras)}
+                writer.add_frame(state, state_of(ep, i + 1, len(spec.joint_names)), images, ns, False, "expert",
+                                 "autonomous")
+            writer.end_episode(success=ep not in failed)
+    return root
