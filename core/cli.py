@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tether.errors import TetherError
 from tether.graph import NodeSpec
+from tether.policy_runtime.commands import add_export, add_train
 
 
 def _add_sim(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _add_rehearse(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("rehearse", help="run the full ROS 2 graph against the twin and write a report")
     _common(r)
-    r.add_argument("--source", default="expert")
+    r.add_argument("--source", default="expert", help="the action source: expert or policy")
+    r.add_argument("--policy", type=Path, default=None, metavar="MODEL_DIR",
+                   help="with --source policy: the model folder (manifest.json + .onnx; default: the shipped model); "
+                        "the twin's cameras render at the model's image size")
     r.add_argument("--episodes", type=int, default=20)
     r.add_argument("--report", type=Path, default=Path("runs/rehearsal"))
     r.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None,
@@ -92,13 +96,19 @@ def _rehearse(a: argparse.Namespace) -> int:
     from tether.robot_profile import load_profile
     from tether.sim.tasks import get_task
 
-    load_profile(a.robot)  # fail fast, before any process starts
+    profile = load_profile(a.robot)  # fail fast, before any process starts
     get_task(a.task)
     w, h = a.camera_size or (0, 0)
+    model = ""
+    if a.source == "policy":
+        cameras = {c.name: (c.width, c.height) for c in profile.cameras}
+        model, (w, h) = _policy_model(a.policy, profile.joint_names, cameras, a.camera_size)
+    elif a.policy is not None:
+        raise TetherError(f"--policy is for --source policy (the source is '{a.source}')")
     args = RehearsalArgs(
         robot=a.robot, task=a.task, source=a.source, episodes=a.episodes, seed=a.seed,
         report=str(a.report.resolve()), camera_width=w, camera_height=h,
-        episode_timeout=a.episode_timeout, video_episodes=a.video_episodes,
+        episode_timeout=a.episode_timeout, video_episodes=a.video_episodes, policy=model,
     )
     code = _run("rehearse", rehearsal_graph(args), a.report, 60.0 + a.episodes * (a.episode_timeout + 10.0))
     if code != 0:
@@ -111,6 +121,26 @@ def _rehearse(a: argparse.Namespace) -> int:
           f"p99 {lat.get('p99') or float('nan'):.1f} ms; command rate {summary['command_rate_hz']:.0f} Hz")
     print(f"report: {a.report / 'report.md'}")
     return 0
+
+
+def _policy_model(model_dir: Path | None, joints: list[str], cameras: dict[str, tuple[int, int]],
+                  camera_size: list[int] | None) -> tuple[str, tuple[int, int]]:
+    """(model folder, twin camera size): the model must fit the robot, and the twin renders at its image size."""
+    from tether.policy_runtime.manifest import check_matches_profile, load_manifest
+    from tether.policy_runtime.runtime import resolve_model_dir
+
+    folder = resolve_model_dir(model_dir or "")
+    manifest = load_manifest(folder)
+    check_matches_profile(manifest, joints, cameras)
+    sizes = sorted({(c.width, c.height) for c in manifest.cameras})
+    if len(sizes) > 1:
+        raise TetherError(f"{folder}: the twin renders every camera at one size, but the model's cameras have "
+                          f"sizes {sizes}")
+    if sizes and camera_size and tuple(camera_size) != sizes[0]:
+        raise TetherError(f"--camera-size {camera_size[0]} {camera_size[1]} differs from the model's image size "
+                          f"{sizes[0][0]} {sizes[0][1]}; leave it out with --source policy")
+    w, h = sizes[0] if sizes else tuple(camera_size or (0, 0))
+    return str(folder), (w, h)
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -127,6 +157,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--json", type=Path, default=Path("runs/bench/record.json"))
     rec.add_argument("--mcap-images", action="store_true", help="also log raw camera images in the MCAP log")
     rec.set_defaults(func=_bench_record)
+    pol = bench_sub.add_parser("policy", help="ACT and diffusion: PyTorch eager vs ONNX fp32 vs INT8, batch 1")
+    pol.add_argument("--act", type=Path, default=Path("runs/e2e/act"), help="an ACT training run")
+    pol.add_argument("--diffusion", type=Path, default=Path("runs/e2e/diffusion"), help="a diffusion training run")
+    pol.add_argument("--policies", nargs="+", choices=("act", "diffusion"), default=["act", "diffusion"])
+    pol.add_argument("--runs", type=int, default=300, help="timed inferences per engine")
+    pol.add_argument("--threads", type=int, default=2)
+    pol.add_argument("--json", type=Path, default=Path("runs/bench/policy.json"))
+    pol.set_defaults(func=_bench_policy)
 
 
 def _bench_sim(a: argparse.Namespace) -> int:
@@ -241,6 +279,15 @@ def _bench_record(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_policy(a: argparse.Namespace) -> int:
+    from tether.policy_runtime import benchmark
+
+    chosen = {p: getattr(a, p) for p in a.policies}
+    md = benchmark.write(benchmark.run(chosen, a.act.parent, a.runs, a.threads), a.json)
+    print(md.read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="ROS 2 control stack for learned robot policies")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(sub)
     _add_sim(sub)
     _add_bench(sub)
+    add_train(sub)
+    add_export(sub)
     return parser
 
 

@@ -1,0 +1,87 @@
+"""``tether train`` and ``tether export``: argument parsing only; torch is imported when they run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+POLICY_CHOICES = ("act", "diffusion")
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train ACT or Diffusion Policy on a LeRobot v3 dataset (CPU or GPU)")
+    t.add_argument("--policy", choices=POLICY_CHOICES, required=True)
+    t.add_argument("--dataset", type=Path, help="a local LeRobot v3 dataset folder (not needed with --resume)")
+    t.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics, loss.png")
+    t.add_argument("--size", choices=("cpu", "paper"), default="cpu", help="model size preset")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--image-size", type=int, help="frames are resized to this square size (default 96)")
+    t.add_argument("--checkpoint-every", type=int)
+    t.add_argument("--val-every", type=int)
+    t.add_argument("--include-failed", action="store_true", help="also train on episodes recorded as failures")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a policy config field, e.g. --set chunk_length=30 (JSON values)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    t.set_defaults(func=_train)
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"tether train: --set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+def _train(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from tether.errors import TetherError
+    from tether.policy_runtime import train as tr
+
+    if not a.resume and a.dataset is None:
+        raise TetherError("tether train: --dataset is required for a new run")
+    base = tr.default_train_config(a.policy)
+    chosen = {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
+              "image_size": a.image_size, "checkpoint_every": a.checkpoint_every, "val_every": a.val_every}
+    config = dataclasses.replace(base, **{k: v for k, v in chosen.items() if v is not None},
+                                 only_success=not a.include_failed)
+    if a.resume:  # the run keeps its own config; only --steps may extend it
+        config = dataclasses.replace(base, steps=a.steps) if a.steps else None
+    run = tr.train(a.policy, a.dataset, a.out, config=config, size=a.size, overrides=_overrides(a.set),
+                   resume=a.resume, device=a.device)
+    print(f"run: {run}  (loss plot: {run / 'loss.png'}; export with `tether export {run} --out MODEL_DIR`)")
+    return 0
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="export a training run to ONNX + manifest (optionally INT8) with a parity report")
+    e.add_argument("run", type=Path, help="a `tether train` run folder")
+    e.add_argument("--out", type=Path, required=True, help="model folder: model.onnx, manifest.json, parity.md")
+    e.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: build dynamic and static-QDQ variants, keep the fastest within --tolerance")
+    e.add_argument("--tolerance", type=float, default=0.05, help="max INT8 action error vs fp32, rad")
+    e.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the timings")
+    e.set_defaults(func=_export)
+
+
+def _export(a: argparse.Namespace) -> int:
+    from tether.policy_runtime.export import export
+
+    out = export(a.run, a.out, quantize=a.quantize, tolerance_rad=a.tolerance, threads=a.threads)
+    print((out / "parity.md").read_text())
+    print(f"model: {out}  (rehearse it: tether rehearse --source policy --policy {out})")
+    return 0

@@ -1,0 +1,247 @@
+"""``tether export``: a training run -> ONNX + manifest, optionally INT8, with a parity report.
+
+INT8 mode is chosen by measurement: both dynamic and static-QDQ (calibrated on dataset
+frames) variants are built, timed and compared against fp32 on held-out frames, and
+the fastest one whose action error stays within tolerance ships as ``model.onnx``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from tether.errors import PolicyError
+from tether.policy_runtime import manifest as mf
+from tether.policy_runtime.batches import BatchSource
+from tether.policy_runtime.dataset import load_demos
+from tether.policy_runtime.models import PolicyModel
+from tether.policy_runtime.train import RunSpec, load_run, load_weights
+
+OPSET = 17
+MODES = ("none", "int8")
+
+
+@dataclass(frozen=True)
+class Variant:
+    quantization: str
+    file: str
+    p50_ms: float
+    p99_ms: float
+    action_err_max: float  # robot units (rad), vs fp32 ONNX, over held-out frames
+    action_err_mean: float
+
+
+def held_out_inputs(spec: RunSpec, model: PolicyModel, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Normalized model inputs from the run's validation episodes (plus fixed noise where the graph takes it)."""
+    demos = load_demos(spec.dataset, image_size=(spec.image_size[0], spec.image_size[1]),
+                       only_success=False, episodes=spec.val_episodes)
+    cfg = model.config
+    src = BatchSource(demos, cfg.n_obs_steps, cfg.chunk_length, spec.normalization, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(src), generator=gen)[:count]
+    names = model.export_input_names()
+    feeds = []
+    for i in idx:
+        batch = src.batch(i.view(1))
+        noise = torch.randn(1, cfg.chunk_length, len(spec.joint_names), generator=gen)
+        feeds.append({n: (noise if n == mf.NOISE else batch[n]).numpy().astype(np.float32) for n in names})
+    return feeds
+
+
+def to_onnx(model: PolicyModel, path: Path) -> None:
+    module = model.export_module().eval()
+    with torch.no_grad():
+        torch.onnx.export(module, model.export_example_inputs(1), str(path), input_names=model.export_input_names(),
+                          output_names=[mf.ACTION], opset_version=OPSET, dynamo=False)
+
+
+def session(path: Path, threads: int = 2) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_all(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([sess.run([mf.ACTION], f)[0] for f in feeds])
+
+
+def time_session(sess: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 200) -> tuple[float, float]:
+    for _ in range(10):
+        sess.run([mf.ACTION], feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run([mf.ACTION], feed)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def eager_actions(model: PolicyModel, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    names = model.export_input_names()
+    outs = []
+    with torch.no_grad():
+        for f in feeds:
+            obs = {n: torch.from_numpy(f[n]) for n in names if n != mf.NOISE}
+            noise = torch.from_numpy(f[mf.NOISE]) if mf.NOISE in f else None
+            outs.append(model.predict_chunk(obs, noise=noise).numpy())
+    return np.concatenate(outs)
+
+
+class _Calibration(CalibrationDataReader):
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def quantize_variants(fp32: Path, out: Path, calib: list[dict[str, np.ndarray]]) -> dict[str, Path | str]:
+    """Each INT8 variant's file, or why it could not be built (kept in the parity report)."""
+    pre = out / "model.pre.onnx"
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    # Shape inference loses some intermediate types in unrolled graphs; they are all float.
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    builders = {
+        "int8-dynamic": lambda path: quantize_dynamic(str(pre), str(path), weight_type=QuantType.QInt8,
+                                                      extra_options=extra),
+        "int8-static-qdq": lambda path: quantize_static(
+            str(pre), str(path), _Calibration(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, extra_options=extra),
+    }
+    made: dict[str, Path | str] = {}
+    for mode, build in builders.items():
+        path = out / f"model.{mode}.onnx"
+        try:
+            build(path)
+            made[mode] = path
+        except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises bare RuntimeError/ValueError
+            made[mode] = f"{type(exc).__name__}: {exc}"
+    pre.unlink()
+    return made
+
+
+def _action_err(a: np.ndarray, b: np.ndarray, std: np.ndarray) -> tuple[float, float]:
+    # normalized -> robot units: only the scale matters for a difference
+    diff = np.abs(a - b) * std
+    return float(diff.max()), float(diff.mean())
+
+
+def export(run: Path | str, out: Path | str, *, quantize: str = "none", parity_frames: int = 64,
+           calib_frames: int = 128, tolerance_rad: float = 0.05, threads: int = 2,
+           timing_runs: int = 200) -> Path:
+    """Write ``out``: model.onnx (+ the fp32 graph when quantized), manifest.json, parity.json, parity.md."""
+    if quantize not in MODES:
+        raise PolicyError(f"unknown quantization {quantize!r}; choices: {', '.join(MODES)}")
+    run, out = Path(run), Path(out)
+    spec, model = load_run(run), load_weights(run)
+    out.mkdir(parents=True, exist_ok=True)
+    fp32 = out / "model.fp32.onnx"
+    to_onnx(model, fp32)
+    feeds = held_out_inputs(spec, model, parity_frames)
+    std = np.asarray(spec.normalization[mf.ACTION].std, dtype=np.float32)
+    eager = eager_actions(model, feeds)
+    ref = run_all(session(fp32, threads), feeds)
+    p50, p99 = time_session(session(fp32, threads), feeds[0], timing_runs)
+    err_max, err_mean = _action_err(ref, eager, std)
+    report: dict[str, Any] = {"run": str(run), "frames": len(feeds), "threads": threads,
+                              "fp32_vs_torch_max_abs_err": float(np.abs(ref - eager).max()),
+                              "fp32_vs_torch_action_err_rad": err_max,
+                              "variants": [asdict(Variant("none", fp32.name, p50, p99, 0.0, 0.0))]}
+    chosen = Variant("none", fp32.name, p50, p99, 0.0, 0.0)
+    if quantize == "int8":
+        calib = held_out_inputs(spec, model, calib_frames, seed=1)
+        for q, path in quantize_variants(fp32, out, calib).items():
+            if isinstance(path, str):
+                report.setdefault("failed_variants", {})[q] = path
+                continue
+            try:
+                sess = session(path, threads)
+                e_max, e_mean = _action_err(run_all(sess, feeds), ref, std)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+                report.setdefault("failed_variants", {})[q] = f"{type(exc).__name__}: {exc}"
+                continue
+            v = Variant(q, path.name, *time_session(sess, feeds[0], timing_runs), e_max, e_mean)
+            report["variants"].append(asdict(v))
+            if e_max <= tolerance_rad and (chosen.quantization == "none" or v.p50_ms < chosen.p50_ms):
+                chosen = v
+        if chosen.quantization == "none":
+            raise PolicyError(f"no INT8 variant kept the action error within {tolerance_rad} rad of fp32: "
+                              f"{report['variants'][1:]}; ship fp32 (--quantize none) or raise --tolerance")
+    _keep_only(out, chosen)
+    report["chosen"] = asdict(chosen)
+    report["tolerance_rad"] = tolerance_rad
+    write_manifest(out, spec, model, chosen.quantization, report)
+    (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "parity.md").write_text(parity_markdown(report))
+    return out
+
+
+def _keep_only(out: Path, chosen: Variant) -> None:
+    """model.onnx is the shipped graph; a quantized folder keeps model.fp32.onnx as its reference."""
+    shutil.copyfile(out / chosen.file, out / "model.onnx")
+    for path in out.glob("model.int8-*.onnx"):
+        path.unlink()
+    if chosen.quantization == "none":
+        (out / "model.fp32.onnx").unlink()
+
+
+def write_manifest(out: Path, spec: RunSpec, model: PolicyModel, quantization: str, report: dict[str, Any]) -> None:
+    cfg = model.config
+    example = model.export_example_inputs(1)
+    inputs = [mf.TensorSpec(n, list(t.shape)) for n, t in zip(model.export_input_names(), example, strict=True)]
+    outputs = [mf.TensorSpec(mf.ACTION, [1, cfg.chunk_length, len(spec.joint_names)])]
+    graph = mf.GraphSpec("model.onnx", mf.sha256_of(out / "model.onnx"), inputs, outputs)
+    norms = {k: mf.Normalization(v.mean, v.std) for k, v in spec.normalization.items()}
+    cams = [mf.CameraSpec(c, spec.image_size[1], spec.image_size[0]) for c in spec.cameras]
+    graphs = {"policy": graph}
+    if (out / "model.fp32.onnx").is_file():
+        graphs["fp32_reference"] = mf.GraphSpec("model.fp32.onnx", mf.sha256_of(out / "model.fp32.onnx"),
+                                                inputs, outputs)
+    manifest = mf.Manifest(spec.policy, spec.robot, spec.joint_names, cams, cfg.chunk_length, cfg.n_obs_steps,
+                           1.0 / spec.fps, graphs, norms, quantization,
+                           created_by=" ".join(shlex.quote(x) for x in ["tether", *sys.argv[1:]]),
+                           extra={"policy_config": spec.policy_config, "dataset": spec.dataset,
+                                  "parity": {k: report[k] for k in ("fp32_vs_torch_max_abs_err",
+                                                                      "fp32_vs_torch_action_err_rad")},
+                                  "chosen": report["chosen"]})
+    manifest.save(out)
+
+
+def parity_markdown(r: dict[str, Any]) -> str:
+    lines = [f"# Parity report: {r['run']}", "",
+             f"{r['frames']} held-out frames, onnxruntime CPU, {r['threads']} threads, batch 1.", "",
+             f"- fp32 ONNX vs torch eager: max abs error {r['fp32_vs_torch_max_abs_err']:.2e} (normalized), "
+             f"{r['fp32_vs_torch_action_err_rad']:.2e} rad", "",
+             "| graph | p50 ms | p99 ms | action err vs fp32, max (rad) | mean (rad) |",
+             "|---|---|---|---|---|"]
+    for v in r["variants"]:
+        lines.append(f"| {v['quantization']} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
+                     f"{v['action_err_max']:.4f} | {v['action_err_mean']:.4f} |")
+    for mode, why in r.get("failed_variants", {}).items():
+        lines.append(f"| {mode} | could not be built: {why[:120]} | | | |")
+    lines += ["", f"Shipped as model.onnx: **{r['chosen']['quantization']}** (fastest within "
+                  f"{r['tolerance_rad']} rad of fp32).", ""]
+    return "\n".join(lines)
