@@ -1,0 +1,71 @@
+"""tether export: ONNX matches torch, INT8 is chosen by measurement, the manifest pins every graph."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tether.errors import PolicyError
+from tether.policy_runtime import train as tr
+from tether.policy_runtime.export import export, held_out_inputs
+from tether.policy_runtime.manifest import load_manifest
+
+TINY = {
+    "act": {"backbone_width": 4, "backbone_blocks": (1, 1, 1, 1), "dim_model": 32, "n_heads": 2,
+            "dim_feedforward": 64, "n_encoder_layers": 1, "n_vae_encoder_layers": 1, "latent_dim": 8,
+            "chunk_length": 4},
+    "diffusion": {"backbone_width": 4, "backbone_blocks": (1, 1, 1, 1), "num_keypoints": 4, "down_dims": (16, 32),
+                  "step_embed_dim": 16, "n_groups": 4, "chunk_length": 4, "num_train_timesteps": 10,
+                  "ddim_steps": 4},
+}
+
+
+@pytest.fixture(scope="module", params=["act", "diffusion"])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, so101, demo_data) -> Path:
+    root = tmp_path_factory.mktemp(f"export_{request.param}")
+    dataset = demo_data.write_demos(root / "ds", so101, [14, 12, 10])
+    config = tr.TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=4, checkpoint_every=4, image_size=32)
+    return tr.train(request.param, dataset, root / "run", config=config, overrides=TINY[request.param],
+                    progress=False)
+
+
+def test_fp32_export_matches_torch_and_pins_its_graph(run: Path, tmp_path: Path) -> None:
+    out = export(run, tmp_path / "fp32", timing_runs=5)
+    manifest = load_manifest(out)  # verifies the sha256
+    spec = tr.load_run(run)
+    assert manifest.policy == spec.policy and manifest.joint_names == spec.joint_names
+    assert [c.name for c in manifest.cameras] == ["front", "wrist"] and manifest.quantization == "none"
+    assert manifest.control_period_s == pytest.approx(1 / spec.fps)
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["fp32_vs_torch_max_abs_err"] < 1e-4
+    # The graph runs from the manifest's names and shapes alone (what a torch-free runtime does).
+    sess = ort.InferenceSession(str(out / manifest.policy_graph.file), providers=["CPUExecutionProvider"])
+    feed = {t.name: np.zeros(t.shape, np.float32) for t in manifest.policy_graph.inputs}
+    assert list(sess.run(["action"], feed)[0].shape) == manifest.policy_graph.outputs[0].shape
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "parity.json", "parity.md"]
+
+
+def test_int8_keeps_the_fastest_variant_within_tolerance(run: Path, tmp_path: Path) -> None:
+    out = export(run, tmp_path / "int8", quantize="int8", tolerance_rad=10.0, timing_runs=5)
+    manifest = load_manifest(out)
+    parity = json.loads((out / "parity.json").read_text())
+    built = [v for v in parity["variants"] if v["quantization"] != "none"]
+    assert built and manifest.quantization == parity["chosen"]["quantization"]
+    assert parity["chosen"]["p50_ms"] == min(v["p50_ms"] for v in built)
+    assert set(manifest.graphs) == {"policy", "fp32_reference"}
+    assert "INT8" in (out / "parity.md").read_text() or "int8" in (out / "parity.md").read_text()
+
+
+def test_int8_refuses_when_no_variant_is_accurate_enough(run: Path, tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="within 0.0 rad"):
+        export(run, tmp_path / "strict", quantize="int8", tolerance_rad=0.0, timing_runs=5)
+
+
+def test_held_out_frames_come_from_validation_episodes(run: Path) -> None:
+    spec, model = tr.load_run(run), tr.load_weights(run)
+    feeds = held_out_inputs(spec, model, 3)
+    assert len(feeds) == 3 and set(feeds[0]) == set(model.export_input_names())
