@@ -109,7 +109,12 @@ class Gate:
         if self.mode is Mode.PAUSED or source != self.active_source:
             return False
         if self._follower is None:
-            self._follower = TrajectoryFollower(self._anchor(), now)
+            anchor = self._anchor()
+            if anchor is None:
+                # No joint state yet: a chunk cannot be joined smoothly to an unknown pose.
+                self.counters["rejected_no_joint_state"] += 1
+                raise ChunkRejected("no_joint_state", "no joint state received yet; the chunk has nothing to start from")
+            self._follower = TrajectoryFollower(anchor, now)
         self._follower.command(chunk, now)
         self._last_chunk_rx = now
         self._pending_obs = start
@@ -210,12 +215,11 @@ class Gate:
         self.counters["hold_ticks"] += 1
         return GateCommand(self._hold_q.copy(), hold=True, reason=reason)
 
-    def _anchor(self) -> np.ndarray:
+    def _anchor(self) -> np.ndarray | None:
         last = self.filter.last
         if last is not None:
             return last
-        assert self._measured is not None
-        return self._measured.copy()
+        return None if self._measured is None else self._measured.copy()
 
     def diagnostics(self) -> dict[str, float | int | str | bool]:
         lat = np.asarray(self.latencies) * 1e3

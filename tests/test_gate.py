@@ -24,6 +24,16 @@ def test_no_command_before_joint_states(so101) -> None:
     assert Gate(so101).tick(0.0) is None
 
 
+def test_a_chunk_before_any_joint_state_is_refused(so101) -> None:
+    g = Gate(so101)
+    with pytest.raises(ChunkRejected) as info:
+        send(g, so101, now=0.0)
+    assert info.value.reason == "no_joint_state" and g.counters["rejected_no_joint_state"] == 1
+    assert g.tick(0.01) is None  # still nothing to command
+    g.on_joint_state(so101.joint_names, so101.home, stamp=0.02)
+    assert send(g, so101, now=0.03)
+
+
 def test_holds_until_a_source_speaks_then_tracks(gate, so101) -> None:
     cmd = gate.tick(0.0)
     assert cmd.hold and cmd.reason == "source_silent"
