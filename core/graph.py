@@ -78,9 +78,10 @@ class RehearsalArgs:
     episode_timeout: float = 20.0
     gate_rate_hz: float = 200.0
     video_episodes: int = 1
+    policy: str = ""  # source "policy": its model folder ("": the model shipped with the repo)
 
 
-SOURCES = ("expert",)
+SOURCES = ("expert", "policy")
 
 
 def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
@@ -99,7 +100,7 @@ def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
                 "camera_height": a.camera_height,
             },
         ),
-        NodeSpec(f"{a.source}_node", a.source, {"robot": a.robot}),
+        NodeSpec(f"{a.source}_node", a.source, _source_parameters(a)),
         NodeSpec(
             "gate_node",
             "gate",
@@ -122,6 +123,12 @@ def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
             terminal=True,
         ),
     ]
+
+
+def _source_parameters(a: RehearsalArgs) -> dict[str, ParamValue]:
+    if a.source == "policy" and a.policy:
+        return {"robot": a.robot, "model_dir": a.policy}
+    return {"robot": a.robot}
 
 
 @dataclass(frozen=True)

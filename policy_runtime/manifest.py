@@ -154,19 +154,26 @@ def _check_fields(m: Manifest, path: Path) -> None:
         if key not in m.normalization:
             raise ManifestError(f"{path}: normalization lacks {key!r}; it has: {', '.join(m.normalization)}")
     n = len(m.joint_names)
-    for key in (STATE, ACTION):
+    if n == 0 or len(set(m.joint_names)) != n:
+        raise ManifestError(f"{path}: joint_names must name each joint once, got {m.joint_names}")
+    for key, size, what in ((STATE, n, "joints"), (ACTION, n, "joints"), ("images", 3, "channels (RGB)")):
         norm = m.normalization[key]
-        if len(norm.mean) != n or len(norm.std) != n:
+        if len(norm.mean) != size or len(norm.std) != size:
             raise ManifestError(f"{path}: normalization {key!r} has {len(norm.mean)} means and {len(norm.std)} "
-                                f"stds for {n} joints")
+                                f"stds for {size} {what}")
         if min(norm.std) <= 0:
             raise ManifestError(f"{path}: normalization {key!r} has a non-positive std")
+    names = [c.name for c in m.cameras]
+    if len(set(names)) != len(names) or any(c.width <= 0 or c.height <= 0 for c in m.cameras):
+        raise ManifestError(f"{path}: cameras must have distinct names and positive sizes, got {m.cameras}")
     if m.chunk_length < 1 or m.n_obs_steps < 1 or m.control_period_s <= 0:
         raise ManifestError(f"{path}: chunk_length, n_obs_steps and control_period_s must be positive")
 
 
 def verify_graph(folder: Path, role: str, graph: GraphSpec) -> None:
     path = folder / graph.file
+    if Path(graph.file).is_absolute() or ".." in Path(graph.file).parts:
+        raise ManifestError(f"{folder}: graph '{role}' file {graph.file!r} must be a path inside the model folder")
     if not path.is_file():
         raise ManifestError(f"{folder}: graph '{role}' file {graph.file!r} is missing")
     actual = sha256_of(path)

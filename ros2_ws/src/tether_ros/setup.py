@@ -3,7 +3,8 @@
 from setuptools import setup
 
 package_name = "tether_ros"
-nodes = ["twin_node", "gate_node", "expert_node", "session_node", "recorder_node", "teleop_node", "container"]
+nodes = ["twin_node", "gate_node", "expert_node", "policy_node", "session_node", "recorder_node", "teleop_node",
+         "container"]
 
 setup(
     name=package_name,
