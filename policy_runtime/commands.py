@@ -28,6 +28,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="override a policy config field, e.g. --set chunk_length=30 (JSON values)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     t.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores; 1 leaves a core free)")
     t.set_defaults(func=_train)
 
 
@@ -61,6 +62,10 @@ def _train(a: argparse.Namespace) -> int:
                                  only_success=not a.include_failed)
     if a.resume:  # the run keeps its own config; only --steps may extend it
         config = dataclasses.replace(base, steps=a.steps) if a.steps else None
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     run = tr.train(a.policy, a.dataset, a.out, config=config, size=a.size, overrides=_overrides(a.set),
                    resume=a.resume, device=a.device)
     print(f"run: {run}  (loss plot: {run / 'loss.png'}; export with `tether export {run} --out MODEL_DIR`)")

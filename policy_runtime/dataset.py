@@ -100,13 +100,31 @@ def load_demos(root: Path | str, *, image_size: tuple[int, int] | None = None, o
     for r in all_rows:
         key = (r["data/chunk_index"], r["data/file_index"])
         file_starts[key] = min(file_starts.get(key, r["dataset_from_index"]), r["dataset_from_index"])
+    videos = _VideoCache(size, _spans(root, info, rows, cameras))
     loaded = []
     for i, row in enumerate(rows):
-        loaded.append(_episode(root, info, row, cameras, size, tables, file_starts))
+        loaded.append(_episode(root, info, row, cameras, tables, file_starts, videos))
         if progress is not None:
             progress(i + 1, len(rows))
     names = list(info["features"][STATE]["names"] or [])
     return DemoSet(root, float(info["fps"]), str(info.get("robot_type") or ""), names, cameras, size, loaded)
+
+
+def _spans(root: Path, info: dict[str, Any], rows: list[dict[str, Any]],
+           cameras: list[str]) -> dict[Path, tuple[float, float]]:
+    spans: dict[Path, tuple[float, float]] = {}
+    for row in rows:
+        for cam in cameras:
+            path = _video_path(root, info, row, IMAGE_PREFIX + cam)
+            lo, hi = row[f"videos/{IMAGE_PREFIX + cam}/from_timestamp"], row[f"videos/{IMAGE_PREFIX + cam}/to_timestamp"]
+            old = spans.get(path, (lo, hi))
+            spans[path] = (min(old[0], lo), max(old[1], hi))
+    return spans
+
+
+def _video_path(root: Path, info: dict[str, Any], row: dict[str, Any], vkey: str) -> Path:
+    return root / info["video_path"].format(video_key=vkey, chunk_index=row[f"videos/{vkey}/chunk_index"],
+                                            file_index=row[f"videos/{vkey}/file_index"])
 
 
 def _wanted(row: dict[str, Any], only_success: bool, episodes: list[int] | None) -> bool:
@@ -116,8 +134,8 @@ def _wanted(row: dict[str, Any], only_success: bool, episodes: list[int] | None)
 
 
 def _episode(root: Path, info: dict[str, Any], row: dict[str, Any], cameras: list[str],
-             size: tuple[int, int], tables: dict[tuple[int, int], Any],
-             file_starts: dict[tuple[int, int], int]) -> Episode:
+             tables: dict[tuple[int, int], Any],
+             file_starts: dict[tuple[int, int], int], videos: _VideoCache) -> Episode:
     key = (row["data/chunk_index"], row["data/file_index"])
     if key not in tables:
         path = root / info["data_path"].format(chunk_index=key[0], file_index=key[1])
@@ -127,28 +145,46 @@ def _episode(root: Path, info: dict[str, Any], row: dict[str, Any], cameras: lis
     part = table.slice(start - file_starts[key], stop - start)
     state = np.asarray(part.column(STATE).to_pylist(), dtype=np.float32)
     action = np.asarray(part.column(ACTION).to_pylist(), dtype=np.float32)
-    images = {cam: _segment(root, info, row, cam, len(state), size) for cam in cameras}
+    images = {cam: _segment(root, info, row, cam, len(state), videos) for cam in cameras}
     return Episode(int(row["episode_index"]), row.get("success"), state, action, images)
 
 
+class _VideoCache:
+    """Whole video files decoded once (sequential decoding; seeking per episode re-decodes each GOP)."""
+
+    def __init__(self, size: tuple[int, int], spans: dict[Path, tuple[float, float]]) -> None:
+        self.size, self.spans = size, spans  # spans: the (from, to) seconds needed of each file
+        self._files: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+
+    def frames(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """(times in s, frames [N, H, W, 3] uint8) of one mp4."""
+        if path not in self._files:
+            times, frames = [], []
+            lo, hi = self.spans.get(path, (0.0, float("inf")))
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                if lo > 1.0 and stream.time_base is not None:
+                    container.seek(int((lo - 1.0) / stream.time_base), stream=stream, backward=True)
+                for frame in container.decode(stream):
+                    t = float(frame.time) if frame.time is not None else np.nan
+                    if t > hi:
+                        break
+                    times.append(t)
+                    frames.append(frame.to_ndarray(format="rgb24", width=self.size[1], height=self.size[0]))
+            self._files[path] = (np.asarray(times), np.stack(frames) if frames else np.empty((0, *self.size, 3)))
+        return self._files[path]
+
+
 def _segment(root: Path, info: dict[str, Any], row: dict[str, Any], cam: str, frames: int,
-             size: tuple[int, int]) -> np.ndarray:
+             videos: _VideoCache) -> np.ndarray:
     vkey = IMAGE_PREFIX + cam
-    path = root / info["video_path"].format(video_key=vkey, chunk_index=row[f"videos/{vkey}/chunk_index"],
-                                            file_index=row[f"videos/{vkey}/file_index"])
+    path = _video_path(root, info, row, vkey)
     start = float(row[f"videos/{vkey}/from_timestamp"])
-    half = 0.5 / float(info["fps"])
-    out = np.empty((frames, size[0], size[1], 3), dtype=np.uint8)
-    n = 0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        container.seek(int(max(0.0, start - 1.0) / stream.time_base), stream=stream, backward=True)
-        for frame in container.decode(stream):
-            if frame.time is None or frame.time < start - half:
-                continue
-            out[n] = frame.to_ndarray(format="rgb24", width=size[1], height=size[0])
-            n += 1
-            if n == frames:
-                return out
-    raise DatasetError(f"{path}: episode {row['episode_index']} has {frames} frames but the video segment "
-                       f"from {start:.3f} s holds {n}; run `tether dataset validate {root}`")
+    times, decoded = videos.frames(path)
+    first = int(np.searchsorted(times, start - 0.5 / float(info["fps"])))
+    segment = decoded[first:first + frames]
+    if len(segment) != frames:
+        raise DatasetError(f"{path}: episode {row['episode_index']} has {frames} frames but the video segment "
+                           f"from {start:.3f} s holds {len(segment)}; run `tether dataset validate {root}`")
+    return segment

@@ -34,9 +34,11 @@ def test_each_frame_matches_its_row(demos_root: Path, demo_data) -> None:
                 assert abs(float(ep.images[cam][i].mean()) - shade(ep.index, i, k)) < 4, (ep.index, i, cam)
 
 
-def test_frames_are_resized_while_decoding(demos_root: Path) -> None:
-    demos = load_demos(demos_root, image_size=(16, 24), episodes=[2])
-    assert demos.episodes[0].images["wrist"].shape == (9, 16, 24, 3)
+def test_one_late_episode_is_decoded_alone_and_resized(demos_root: Path, demo_data) -> None:
+    demos = load_demos(demos_root, image_size=(16, 24), episodes=[2])  # starts 2.7 s into the files: a seek
+    wrist = demos.episodes[0].images["wrist"]
+    assert wrist.shape == (9, 16, 24, 3)
+    assert all(abs(float(f.mean()) - demo_data.shade(2, i, 1)) < 4 for i, f in enumerate(wrist))
 
 
 def test_not_a_dataset_or_nothing_to_train_on_is_a_clear_error(tmp_path: Path, demos_root: Path) -> None:
