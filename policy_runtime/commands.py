@@ -58,8 +58,8 @@ def _train(a: argparse.Namespace) -> int:
     base = tr.default_train_config(a.policy)
     chosen = {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
               "image_size": a.image_size, "checkpoint_every": a.checkpoint_every, "val_every": a.val_every}
-    config = dataclasses.replace(base, **{k: v for k, v in chosen.items() if v is not None},
-                                 only_success=not a.include_failed)
+    config: tr.TrainConfig | None = dataclasses.replace(
+        base, **{k: v for k, v in chosen.items() if v is not None}, only_success=not a.include_failed)
     if a.resume:  # the run keeps its own config; only --steps may extend it
         config = dataclasses.replace(base, steps=a.steps) if a.steps else None
     if a.threads:
@@ -80,13 +80,16 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                    help="int8: build dynamic and static-QDQ variants, keep the fastest within --tolerance")
     e.add_argument("--tolerance", type=float, default=0.05, help="max INT8 action error vs fp32, rad")
     e.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the timings")
+    e.add_argument("--no-fp32-reference", action="store_true",
+                   help="with --quantize int8: do not keep model.fp32.onnx beside the INT8 graph (smaller folder)")
     e.set_defaults(func=_export)
 
 
 def _export(a: argparse.Namespace) -> int:
     from tether.policy_runtime.export import export
 
-    out = export(a.run, a.out, quantize=a.quantize, tolerance_rad=a.tolerance, threads=a.threads)
+    out = export(a.run, a.out, quantize=a.quantize, tolerance_rad=a.tolerance, threads=a.threads,
+                 keep_reference=not a.no_fp32_reference)
     print((out / "parity.md").read_text())
     print(f"model: {out}  (rehearse it: tether rehearse --source policy --policy {out})")
     return 0

@@ -151,7 +151,7 @@ def _action_err(a: np.ndarray, b: np.ndarray, std: np.ndarray) -> tuple[float, f
 
 def export(run: Path | str, out: Path | str, *, quantize: str = "none", parity_frames: int = 64,
            calib_frames: int = 128, tolerance_rad: float = 0.05, threads: int = 2,
-           timing_runs: int = 200) -> Path:
+           timing_runs: int = 200, keep_reference: bool = True) -> Path:
     """Write ``out``: model.onnx (+ the fp32 graph when quantized), manifest.json, parity.json, parity.md."""
     if quantize not in MODES:
         raise PolicyError(f"unknown quantization {quantize!r}; choices: {', '.join(MODES)}")
@@ -190,7 +190,7 @@ def export(run: Path | str, out: Path | str, *, quantize: str = "none", parity_f
         if chosen.quantization == "none":
             raise PolicyError(f"no INT8 variant kept the action error within {tolerance_rad} rad of fp32: "
                               f"{report['variants'][1:]}; ship fp32 (--quantize none) or raise --tolerance")
-    _keep_only(out, chosen)
+    _keep_only(out, chosen, keep_reference)
     report["chosen"] = asdict(chosen)
     report["tolerance_rad"] = tolerance_rad
     write_manifest(out, spec, model, chosen.quantization, report)
@@ -199,12 +199,12 @@ def export(run: Path | str, out: Path | str, *, quantize: str = "none", parity_f
     return out
 
 
-def _keep_only(out: Path, chosen: Variant) -> None:
-    """model.onnx is the shipped graph; a quantized folder keeps model.fp32.onnx as its reference."""
+def _keep_only(out: Path, chosen: Variant, keep_reference: bool) -> None:
+    """model.onnx is the shipped graph; a quantized folder keeps model.fp32.onnx as its reference if asked."""
     shutil.copyfile(out / chosen.file, out / "model.onnx")
     for path in out.glob("model.int8-*.onnx"):
         path.unlink()
-    if chosen.quantization == "none":
+    if chosen.quantization == "none" or not keep_reference:
         (out / "model.fp32.onnx").unlink()
 
 

@@ -307,6 +307,7 @@ def train(policy: str, dataset: Path | str, out: Path | str, *, config: TrainCon
     trainer = Trainer(out, spec, demos, dev)
     if resume:
         trainer.resume()
+        _drop_metrics_after(out / "metrics.jsonl", trainer.step)
     _loop(trainer, progress)
     return out
 
@@ -332,6 +333,13 @@ def _loop(trainer: Trainer, progress: bool) -> None:
             if trainer.step % t.checkpoint_every == 0 or trainer.step == t.steps:
                 trainer.save()
     plot_losses(trainer.out)
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint; their old rows would be logged twice."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        _write_atomic(path, "".join(row + "\n" for row in rows))
 
 
 def plot_losses(run: Path) -> Path | None:
