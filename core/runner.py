@@ -111,7 +111,10 @@ def _stop(running: list[RunningNode]) -> None:
 
 
 def _tail(path: Path, lines: int = 30) -> str:
+    """The log's last lines, after its error lines that they leave out (a shutdown traceback can be long)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
+    errors = [line for line in text[:-lines] if "[ERROR]" in line][-5:]
+    return "\n".join([*errors, *(["..."] if errors else []), *text[-lines:]])

@@ -29,12 +29,16 @@ def _parse_commit(message: str) -> dict[str, Any]:
     return {"frames_total": int(fields["frames"]), "dropped": dropped, "commit_s": float(fields.get("commit_s", "nan"))}
 
 
-def run(out_dir: Path, seconds: float, robot: str = "so101", fps: int = 30, mcap_images: bool = False) -> dict[str, Any]:
+def run(out_dir: Path, seconds: float, robot: str = "so101", fps: int = 30, mcap_images: bool = False,
+        camera_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """``camera_size`` (width, height) overrides the profile's: a loaded machine may not render full size in real time."""
     dataset, report = out_dir / "dataset", out_dir / "graph_report"
     for path in (dataset, out_dir / "dataset_mcap", report):
         shutil.rmtree(path, ignore_errors=True)
+    w, h = camera_size or (0, 0)
     args = CollectArgs(robot=robot, episodes=1, dataset=str(dataset.resolve()), report=str(report.resolve()),
-                       episode_timeout=seconds, stop_on_success=False, mcap_images=mcap_images)
+                       episode_timeout=seconds, stop_on_success=False, mcap_images=mcap_images,
+                       camera_width=w, camera_height=h)
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     code = run_graph(collect_graph(args), report / "logs", timeout=seconds + 120)
@@ -49,7 +53,7 @@ def run(out_dir: Path, seconds: float, robot: str = "so101", fps: int = 30, mcap
     disk = _disk_bytes(dataset) + _disk_bytes(out_dir / "dataset_mcap")
     return {
         "seconds": seconds,
-        "cameras": "2 x profile size at 30 fps",
+        "cameras": f"2 x {w}x{h} at 30 fps" if camera_size else "2 x profile size at 30 fps",
         "mcap_images": mcap_images,
         "frames_recorded": commit["frames_total"],
         "frames_expected_at_nominal_fps": expected,

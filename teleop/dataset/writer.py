@@ -821,6 +821,11 @@ class DatasetWriter:
             self._recorder = None
         return self.last_commit.episode_index
 
+    def flush(self) -> None:
+        """Close the open segment now: what a crash after this cannot lose (no-op between episodes)."""
+        if self._recorder is not None:
+            self._recorder.flush()
+
     def discard_episode(self) -> None:
         """Drop the running episode and its staged frames."""
         recorder = self._require_episode("discard_episode")

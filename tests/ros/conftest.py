@@ -53,3 +53,14 @@ def graph() -> Iterator[Graph]:
                 close()
             node.destroy_node()
         rclpy.shutdown()
+
+
+@pytest.fixture
+def pty() -> Iterator[tuple[int, str]]:
+    """A terminal for the keyboard device: (master fd to type into, the slave's path)."""
+    master, slave = os.openpty()
+    try:
+        yield master, os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)

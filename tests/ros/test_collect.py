@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pyarrow.parquet as pq
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
 
 from tether.cli import main
 from tether.teleop.dataset import validate
+from tether_ros.conversions import DIAGNOSTICS
 
 
 def test_replay_takeover_is_recorded_and_labelled(tmp_path: Path) -> None:
@@ -39,3 +48,99 @@ def test_replay_takeover_is_recorded_and_labelled(tmp_path: Path) -> None:
     for video in out.glob("videos/*/chunk-*/file-*.mp4"):
         with av.open(str(video)) as container:
             assert sum(1 for _ in container.decode(video=0)) == len(episode)
+
+
+class RecorderWatch(Node):
+    """Follows the recorder's 1 Hz diagnostics: the running take's frame count (None while idle)."""
+
+    def __init__(self) -> None:
+        super().__init__("recorder_watch")
+        self.frames: int | None = None
+        self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diag, 50)
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == "tether/recorder":
+                values = {kv.key: kv.value for kv in status.values}
+                self.frames = int(values["episode_frames"]) if values["recording"] == "True" else None
+
+
+def press_during_a_take(graph, watch: RecorderWatch, master: int, key: bytes) -> int:
+    """Once a take has ~1.5 s of frames, type ``key``; wait until that take is over. The press's wall time."""
+    assert graph.spin_until(lambda: (watch.frames or 0) >= 45, timeout=90.0)
+    os.write(master, key)
+    pressed_ns = time.time_ns()
+    # That take only grows from here: idle, or fewer frames, means the next take has begun.
+    assert graph.spin_until(lambda: watch.frames is None or watch.frames < 40, timeout=30.0)
+    return pressed_ns
+
+
+def test_discarded_and_rerecorded_takes_never_land_in_the_dataset(graph, pty, monkeypatch, tmp_path: Path) -> None:
+    """Keys on a real terminal: take 1 discarded (x), take 2 re-recorded (b), take 3 committed as episode 0."""
+    master, tty_path = pty
+    out = tmp_path / "dataset"
+    watch = graph.add(RecorderWatch())
+    result: dict[str, int] = {}
+    with open(tty_path) as terminal:
+        monkeypatch.setattr(sys, "stdin", terminal)  # `collect --device keyboard` reads the operator's terminal
+        run = threading.Thread(target=lambda: result.update(code=main(
+            ["collect", "--device", "keyboard", "--episodes", "2", "--camera-size", "64", "48", "--out", str(out)])))
+        run.start()
+        try:
+            press_during_a_take(graph, watch, master, b"x")  # discard
+            rerecorded_ns = press_during_a_take(graph, watch, master, b"b")  # rerecord
+        finally:
+            run.join(timeout=180.0)
+    assert result.get("code") == 0
+    assert validate(out) == []
+    info = json.loads((out / "meta" / "info.json").read_text())
+    meta = json.loads((tmp_path / "dataset_report" / "report.json").read_text())["meta"]
+    assert (info["total_episodes"], meta["discarded_episodes"], meta["rerecorded_episodes"]) == (1, 1, 1)
+    (commit,) = meta["recorder_commits"]
+    data = pq.read_table(next(out.glob("data/chunk-*/file-*.parquet"))).to_pydict()
+    assert set(data["episode_index"]) == {0} and f"frames={len(data['episode_index'])} " in commit
+    assert min(data["capture_time_ns"]) > rerecorded_ns  # every frame is from the take after the rerecord
+    # The dropped takes' raw logs are kept aside, never overwritten (nor in the dataset).
+    assert sorted(p.name for p in (tmp_path / "dataset_mcap").iterdir()) == [
+        "episode_000000", "episode_000000.old0", "episode_000000.old1"]
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            found[int(entry.name)] = (ppid, (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (ValueError, OSError):
+            continue
+    return found
+
+
+def writer_process_of(dataset: Path) -> int | None:
+    """The dataset writer spawned by the recorder in the collect graph's sim_station process."""
+    procs = _processes()
+    station = [pid for pid, (_, cmd) in procs.items() if "tether_ros.container" in cmd and str(dataset) in cmd]
+    workers = [pid for pid, (ppid, cmd) in procs.items() if ppid in station and "spawn_main" in cmd]
+    return workers[0] if workers else None
+
+
+def test_a_killed_writer_process_fails_the_collect_graph(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "dataset"
+    result: dict[str, int] = {}
+    run = threading.Thread(target=lambda: result.update(code=main(
+        ["collect", "--device", "expert", "--episodes", "3", "--camera-size", "64", "48", "--out", str(out)])))
+    run.start()
+    try:
+        deadline = time.monotonic() + 90.0
+        while not list(out.glob(".staging/episode_*/segment-*.parquet")):  # recording is under way
+            assert time.monotonic() < deadline and run.is_alive(), "collect never started recording"
+            time.sleep(0.1)
+        worker = writer_process_of(out)
+        assert worker is not None
+        os.kill(worker, signal.SIGKILL)
+    finally:
+        run.join(timeout=120.0)
+    assert result.get("code") == 2
+    err = capsys.readouterr().err
+    assert "node 'sim_station' exited with 1" in err and "killed by SIGKILL" in err, err[-3000:]

@@ -42,16 +42,6 @@ class Probe(Node):
         self.state_pub.publish(joint_state_msg(self.profile.joint_names, q, np.zeros_like(q), stamp))
 
 
-@pytest.fixture
-def pty():
-    master, slave = os.openpty()
-    try:
-        yield master, os.ttyname(slave)
-    finally:
-        os.close(master)
-        os.close(slave)
-
-
 def test_keyboard_takes_over_the_gate_and_moves_the_arm(graph, so101, pty) -> None:
     master, tty_path = pty
     gate = graph.add(GateNode())

@@ -30,11 +30,21 @@ def run(make_node: Callable[[], Node], args: list[str] | None = None, *, events:
 
 
 def release(nodes: list[Node]) -> None:
-    """Close (devices, files) and destroy nodes, then shut rclpy down."""
+    """Close (devices, files) and destroy nodes, then shut rclpy down.
+
+    Every node is closed even when one before it fails to (the twin's GL context, say), so a
+    recorder after it still commits its episode; the first failure is raised at the end.
+    """
+    failure: Exception | None = None
     for node in nodes:
         close = getattr(node, "close", None)
-        if close is not None:
-            close()
+        try:
+            if close is not None:
+                close()
+        except Exception as exc:  # noqa: BLE001 - raised below, once every node is closed
+            failure = failure or exc
         node.destroy_node()
     if rclpy.ok():
         rclpy.shutdown()
+    if failure is not None:
+        raise failure
