@@ -1,0 +1,286 @@
+"""The interface every policy network shares, and the registry that builds one by name.
+
+A policy sees tensors that the caller has already normalized (see ``manifest.py``):
+``observation.state`` [B, n_obs, state_dim], ``observation.images.<cam>`` [B, n_obs, 3, H, W],
+and in training ``action`` [B, k, action_dim] with ``action_is_pad`` [B, k] (True past the
+episode's end). Action 0 of a chunk is the action at the last observation's time.
+
+Build from a saved checkpoint with ``build_policy_from_spec(json.loads(...))``: ``spec()``
+holds everything the constructor needs, as JSON-safe values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from tether.config import from_dict
+from tether.errors import ConfigError, PolicyError
+from tether.policy_runtime.manifest import ACTION, IMAGE_PREFIX, NOISE, STATE
+from tether.policy_runtime.manifest import POLICIES as POLICY_NAMES
+
+ACTION_IS_PAD = "action_is_pad"
+SIZES = ("cpu", "paper")
+OPSET = 17
+
+
+class PolicyConfig(Protocol):
+    """What the shared code reads from any policy's config dataclass."""
+
+    @property
+    def chunk_length(self) -> int: ...
+
+    @property
+    def n_obs_steps(self) -> int: ...
+
+
+def image_key(camera: str) -> str:
+    return IMAGE_PREFIX + camera
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the block (no dropout, no random crop), then the mode it had before."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def require_positive(config: object, names: tuple[str, ...]) -> None:
+    """Config check shared by the policies' ``__post_init__``: these fields must be > 0."""
+    for name in names:
+        value = getattr(config, name)
+        values = value if isinstance(value, tuple) else (value,)
+        if not values or any(v <= 0 for v in values):
+            raise ConfigError(f"{type(config).__name__}.{name} must be positive, got {value!r}")
+
+
+def as_int_tuple(config: object, name: str) -> None:
+    """JSON gives lists where the dataclass wants a tuple: convert in place (frozen-safe)."""
+    value = getattr(config, name)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{type(config).__name__}.{name} must be a list of integers, got {value!r}")
+    object.__setattr__(config, name, tuple(value))
+
+
+def masked_mean(error: Tensor, is_pad: Tensor) -> Tensor:
+    """Mean of ``error`` [B, k, D] over the steps that are not padding (``is_pad`` [B, k])."""
+    valid = (~is_pad).unsqueeze(-1).to(error.dtype)
+    return (error * valid).sum() / (valid.sum() * error.shape[-1]).clamp(min=1.0)
+
+
+def hold_padding(actions: Tensor, is_pad: Tensor) -> Tensor:
+    """Padded steps [B, k] of ``actions`` [B, k, D] become the last real action (hold still).
+
+    Whatever the caller put past an episode's end (zeros, copies, NaN) then cannot reach the
+    loss: not through a network input (the UNet's convolutions mix neighbouring steps), and
+    not as a NaN that a zero mask would turn into a NaN gradient.
+    """
+    steps = torch.arange(actions.shape[1], device=actions.device).expand_as(is_pad)
+    last_real = torch.where(is_pad, torch.full_like(steps, -1), steps).cummax(dim=1).values.clamp(min=0)
+    return actions.gather(1, last_real.unsqueeze(-1).expand_as(actions))
+
+
+class PolicyModel(nn.Module):
+    """Base of ACTPolicy and DiffusionPolicy; subclasses fill in the four ``_`` hooks."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: PolicyConfig, state_dim: int, action_dim: int, cameras: list[str],
+                 image_size: tuple[int, int]) -> None:
+        super().__init__()
+        _check_dims(state_dim, action_dim, cameras, image_size)
+        self.config = config
+        self.state_dim = int(state_dim)
+        self.action_dim = int(action_dim)
+        self.cameras = list(cameras)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+
+    @property
+    def chunk_length(self) -> int:
+        return self.config.chunk_length
+
+    @property
+    def n_obs_steps(self) -> int:
+        return self.config.n_obs_steps
+
+    def compute_loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Training loss (a scalar to backprop) and floats to log; call in train mode."""
+        self.check_batch(batch, training=True)
+        return self._loss(batch)
+
+    @torch.no_grad()
+    def predict_chunk(self, obs: Mapping[str, Tensor], noise: Tensor | None = None) -> Tensor:
+        """Eager inference: a normalized action chunk [B, k, action_dim]; eval mode inside."""
+        self.check_batch(obs, training=False)
+        with evaluating(self):
+            return self._predict(obs, noise)
+
+    def export_module(self) -> nn.Module:
+        """A copy in eval mode whose ``forward(*inputs)`` takes ``export_input_names()`` in order."""
+        raise NotImplementedError
+
+    def export_input_names(self) -> list[str]:
+        return [STATE] + [image_key(c) for c in self.cameras]
+
+    def export_example_inputs(self, batch_size: int = 1) -> tuple[Tensor, ...]:
+        g = torch.Generator().manual_seed(0)
+        n, (h, w) = self.n_obs_steps, self.image_size
+        state = torch.randn(batch_size, n, self.state_dim, generator=g)
+        images = [torch.randn(batch_size, n, 3, h, w, generator=g) for _ in self.cameras]
+        return (state, *images)
+
+    def export_output_shape(self, batch_size: int = 1) -> list[int]:
+        return [batch_size, self.chunk_length, self.action_dim]
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-safe constructor arguments; ``build_policy_from_spec`` inverts it."""
+        return {"policy": self.name, "config": dataclasses.asdict(self.config),  # type: ignore[call-overload]
+                "state_dim": self.state_dim, "action_dim": self.action_dim, "cameras": list(self.cameras),
+                "image_size": list(self.image_size)}
+
+    def check_batch(self, batch: Mapping[str, Tensor], *, training: bool) -> None:
+        """Refuse missing keys and wrong shapes with a message naming what was expected."""
+        b = _batch_size(batch)
+        n, k, (h, w) = self.n_obs_steps, self.chunk_length, self.image_size
+        expected: dict[str, tuple[int, ...]] = {STATE: (b, n, self.state_dim)}
+        expected.update({image_key(c): (b, n, 3, h, w) for c in self.cameras})
+        if training:
+            expected.update({ACTION: (b, k, self.action_dim), ACTION_IS_PAD: (b, k)})
+        missing = [key for key in expected if key not in batch]
+        if missing:
+            raise PolicyError(f"{self.name}: batch lacks {', '.join(missing)}; it has: {', '.join(sorted(batch))}")
+        for key, shape in expected.items():
+            if tuple(batch[key].shape) != shape:
+                raise PolicyError(f"{self.name}: '{key}' has shape {list(batch[key].shape)}; expected {list(shape)} "
+                                  f"(n_obs_steps={n}, chunk_length={k})")
+        if training and batch[ACTION_IS_PAD].dtype != torch.bool:
+            raise PolicyError(f"{self.name}: '{ACTION_IS_PAD}' must be bool, got {batch[ACTION_IS_PAD].dtype}")
+
+    def _loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def _predict(self, obs: Mapping[str, Tensor], noise: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+
+def _batch_size(batch: Mapping[str, Tensor]) -> int:
+    if STATE not in batch:
+        raise PolicyError(f"batch lacks '{STATE}'; it has: {', '.join(sorted(batch)) or '(nothing)'}")
+    return int(batch[STATE].shape[0])
+
+
+def _check_dims(state_dim: int, action_dim: int, cameras: list[str], image_size: tuple[int, int]) -> None:
+    if state_dim < 1 or action_dim < 1:
+        raise PolicyError(f"state_dim and action_dim must be positive, got {state_dim} and {action_dim}")
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise PolicyError(f"image_size must be (height, width), got {image_size}")
+    for cam in cameras:
+        # Cameras key a ModuleDict and an ONNX input name: a dot would break both.
+        if not cam or "." in cam:
+            raise PolicyError(f"camera name {cam!r} must be non-empty and have no '.'; cameras: {cameras}")
+    if len(set(cameras)) != len(cameras):
+        raise PolicyError(f"camera names repeat: {cameras}")
+
+
+# --- registry ------------------------------------------------------------------------------
+# act.py and diffusion.py subclass PolicyModel from here, so the registry imports them lazily.
+
+def _registry() -> dict[str, tuple[type[Any], type[PolicyModel]]]:
+    from tether.policy_runtime.act import ACTConfig, ACTPolicy
+    from tether.policy_runtime.diffusion import DiffusionConfig, DiffusionPolicy
+    return {"act": (ACTConfig, ACTPolicy), "diffusion": (DiffusionConfig, DiffusionPolicy)}
+
+
+def __getattr__(name: str) -> Any:
+    """``POLICIES`` (name -> model class) and ``CONFIGS`` (name -> config class), built on use."""
+    if name == "POLICIES":
+        return {k: v[1] for k, v in _registry().items()}
+    if name == "CONFIGS":
+        return {k: v[0] for k, v in _registry().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _entry(name: str) -> tuple[type[Any], type[PolicyModel]]:
+    registry = _registry()
+    if name not in registry:
+        raise PolicyError(f"unknown policy '{name}'; valid: {', '.join(POLICY_NAMES)}")
+    return registry[name]
+
+
+def config_for(name: str, size: str = "cpu") -> Any:
+    """The default config of a policy: ``cpu`` (trains on a laptop) or ``paper`` (GPU)."""
+    config_cls, _ = _entry(name)
+    if size == "cpu":
+        return config_cls()
+    if size == "paper":
+        return config_cls.paper()
+    raise PolicyError(f"unknown config size '{size}'; valid: {', '.join(SIZES)}")
+
+
+def config_from_dict(name: str, data: Mapping[str, Any], where: str = "") -> Any:
+    """A policy config from its ``dataclasses.asdict`` form (e.g. read back from JSON); bad keys or
+    values raise ConfigError naming ``where``."""
+    config_cls, _ = _entry(name)
+    return from_dict(config_cls, dict(data), where or f"{name} config")
+
+
+def build_policy(name: str, config: object | None, state_dim: int, action_dim: int, cameras: list[str],
+                 image_size: tuple[int, int]) -> PolicyModel:
+    """A policy by name; ``config`` is its config dataclass, a dict of one, or None (the CPU default)."""
+    config_cls, policy_cls = _entry(name)
+    built: Any
+    if config is None:
+        built = config_cls()
+    elif isinstance(config, Mapping):
+        built = config_from_dict(name, config)
+    elif isinstance(config, config_cls):
+        built = config
+    else:
+        raise PolicyError(f"policy '{name}' takes a {config_cls.__name__}, got {type(config).__name__}")
+    return policy_cls(built, state_dim, action_dim, cameras, image_size)
+
+
+def build_policy_from_spec(spec: Mapping[str, Any]) -> PolicyModel:
+    """Rebuild the (untrained) network that ``PolicyModel.spec()`` described; load weights after."""
+    keys = ("policy", "config", "state_dim", "action_dim", "cameras", "image_size")
+    missing = [k for k in keys if k not in spec]
+    if missing:
+        raise PolicyError(f"policy spec lacks {', '.join(missing)}; it has: {', '.join(sorted(spec))}")
+    h, w = spec["image_size"]
+    return build_policy(spec["policy"], spec["config"], int(spec["state_dim"]), int(spec["action_dim"]),
+                        list(spec["cameras"]), (int(h), int(w)))
+
+
+def export_onnx(policy: PolicyModel, path: Path | str, batch_size: int = 1) -> Path:
+    """Write the policy's graph (inputs ``export_input_names()``, output ``action``) to ``path``.
+
+    The TorchScript exporter (``dynamo=False``) gives a flat graph of standard ops that
+    onnxruntime's quantizers take as is; the batch dimension is fixed.
+    """
+    path = Path(path)
+    module = policy.export_module()
+    with warnings.catch_warnings():
+        # Its deprecation notice says nothing actionable here.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        # GroupNorm's own batch-size check in torch; shapes are fixed in the graph anyway.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn.functional")
+        torch.onnx.export(module, policy.export_example_inputs(batch_size), str(path),
+                          input_names=policy.export_input_names(), output_names=[ACTION],
+                          opset_version=OPSET, dynamo=False)
+    return path
+
+
+__all__ = ["ACTION", "ACTION_IS_PAD", "NOISE", "STATE", "PolicyModel", "build_policy", "build_policy_from_spec",
+           "config_for", "config_from_dict", "export_onnx", "hold_padding", "image_key", "masked_mean"]
