@@ -124,11 +124,12 @@ def quantize_variants(fp32: Path, out: Path, calib: list[dict[str, np.ndarray]])
     # Shape inference loses some intermediate types in unrolled graphs; they are all float.
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     builders = {
+        # MatMul/Gemm only: dynamic ConvInteger is the slow path on CPU (see DESIGN.md).
         "int8-dynamic": lambda path: quantize_dynamic(str(pre), str(path), weight_type=QuantType.QInt8,
-                                                      extra_options=extra),
+                                                      op_types_to_quantize=["MatMul", "Gemm"], extra_options=extra),
         "int8-static-qdq": lambda path: quantize_static(
             str(pre), str(path), _Calibration(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # u8s8: x86's fast int8 kernels
             calibrate_method=CalibrationMethod.MinMax, extra_options=extra),
     }
     made: dict[str, Path | str] = {}

@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:-runs/e2e}
 EVAL=${2:-50}
 DEMOS=${DEMOS:-60}
-ACT_STEPS=${ACT_STEPS:-6000}
-DIFFUSION_STEPS=${DIFFUSION_STEPS:-6000}
+ACT_STEPS=${ACT_STEPS:-5000}
+DIFFUSION_STEPS=${DIFFUSION_STEPS:-3000}
 SEED=${SEED:-100}
 T=.venv/bin/tether
 make install
@@ -28,7 +28,7 @@ $T dataset validate "$OUT/demos"
 for policy in act diffusion; do
   steps_var="$(echo "$policy" | tr a-z A-Z)_STEPS"
   [ -f "$OUT/$policy/checkpoints/latest" ] || \
-    $T train --policy "$policy" --dataset "$OUT/demos" --out "$OUT/$policy" --steps "${!steps_var}" --seed 0
+    OMP_WAIT_POLICY=PASSIVE $T train --policy "$policy" --dataset "$OUT/demos" --out "$OUT/$policy" --steps "${!steps_var}" --seed 0 --threads 1
   [ -f "$OUT/${policy}_fp32/manifest.json" ] || $T export "$OUT/$policy" --out "$OUT/${policy}_fp32"
   [ -f "$OUT/${policy}_int8/manifest.json" ] || $T export "$OUT/$policy" --out "$OUT/${policy}_int8" --quantize int8
 done
@@ -37,7 +37,7 @@ done
 for model in act_fp32 act_int8 diffusion_fp32 diffusion_int8; do
   [ -f "$OUT/eval_$model/report.json" ] || \
     $T rehearse --robot so101 --task pick_place --source policy --policy "$OUT/$model" \
-      --episodes "$EVAL" --seed 5000 --report "$OUT/eval_$model" --video-episodes 2
+      --episodes "$EVAL" --seed 5000 --episode-timeout 15 --report "$OUT/eval_$model" --video-episodes 2
 done
 
 # 5. Inference benchmark (eager vs ONNX fp32 vs INT8) plus the rehearsal figures above.
