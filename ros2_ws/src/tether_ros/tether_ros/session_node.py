@@ -133,10 +133,12 @@ class SessionNode(Node):
             self._image_sub = None
 
     # --- episodes -----------------------------------------------------------
-    def _call(self, name: str, timeout: float = 10.0) -> Trigger.Response:
+    def _call(self, name: str, timeout: float = 10.0, appear_timeout: float = 60.0) -> Trigger.Response:
         client = self._trigger_clients[name]
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise GraphError(f"service {client.srv_name} did not appear within {timeout:.0f} s")
+        # Appearing can take long: a source may be loading and warming up a model on a busy machine.
+        # A node that dies meanwhile fails the graph through the runner, so this wait is not the guard.
+        if not client.wait_for_service(timeout_sec=appear_timeout):
+            raise GraphError(f"service {client.srv_name} did not appear within {appear_timeout:.0f} s")
         future = client.call_async(Trigger.Request())
         deadline = time.monotonic() + timeout
         while not future.done():
