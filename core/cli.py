@@ -186,6 +186,8 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--device-path", default="",
                    help="gamepad: /dev/input/eventN, spacemouse: a hidraw path (default: the first found)")
     c.add_argument("--takeover-after", type=float, default=2.0, help="replay: seconds into each episode")
+    c.add_argument("--linger", type=float, default=0.0,
+                   help="seconds to keep recording after success, so demos hold the release and retreat")
     c.add_argument("--episodes", type=int, default=20)
     c.add_argument("--out", type=Path, default=Path("runs/dataset"), help="dataset folder (appends when it exists)")
     c.add_argument("--report", type=Path, default=None, help="report folder (default: <out>_report)")
@@ -210,9 +212,9 @@ def _collect(a: argparse.Namespace) -> int:
         robot=a.robot, task=a.task, device=a.device, episodes=a.episodes, seed=a.seed,
         dataset=str(a.out.resolve()), report=str(report.resolve()), camera_width=w, camera_height=h,
         episode_timeout=a.episode_timeout, takeover_after=a.takeover_after, mcap_images=a.mcap_images,
-        device_path=_check_device(a.device, a.device_path, profile),
+        linger_s=a.linger, device_path=_check_device(a.device, a.device_path, profile),
     )
-    code = _run("collect", collect_graph(args), report, 60.0 + a.episodes * (a.episode_timeout + 20.0))
+    code = _run("collect", collect_graph(args), report, 60.0 + a.episodes * (a.episode_timeout + a.linger + 20.0))
     if code != 0:
         return code
     print(info(a.out))

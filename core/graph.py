@@ -147,6 +147,7 @@ class CollectArgs:
     takeover_after: float = 2.0  # replay device: seconds into each episode
     device_path: str = ""  # keyboard: its tty; gamepad/spacemouse: the device node ("": the first found)
     stop_on_success: bool = True  # False: every episode runs its full timeout (recording soak)
+    linger_s: float = 0.0  # keep recording this long after success (the release and retreat)
     # Raw camera images in the MCAP log too: ~3.3 GB/min at 2x640x480x30 fps, and on 2 cores the
     # control loop then slows (13/20 expert successes measured); the dataset's videos hold them anyway.
     mcap_images: bool = False
@@ -184,7 +185,7 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
     human = [NodeSpec("teleop_node", "teleop", teleop)] if a.device != "expert" else []
     session = base[-1]
     params = {**session.parameters, "record": True, "human_source": "teleop" if human else "",
-              "stop_on_success": a.stop_on_success}
+              "stop_on_success": a.stop_on_success, "linger_s": a.linger_s}
     return [twin, *base[1:-1], *human, recorder, NodeSpec(session.executable, session.name, params, terminal=True)]
 
 

@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 # 1. Demonstrations at the policies' camera size, through the collect graph.
 [ -f "$OUT/demos/meta/info.json" ] || \
   $T collect --robot so101 --task pick_place --device expert --episodes "$DEMOS" --seed "$SEED" \
-    --camera-size 96 96 --out "$OUT/demos"
+    --camera-size 96 96 --linger 1.0 --out "$OUT/demos"
 $T dataset validate "$OUT/demos"
 
 # 2. Train (CPU configs), 3. export fp32 and INT8 (mode chosen by measurement).

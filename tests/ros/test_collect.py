@@ -144,3 +144,16 @@ def test_a_killed_writer_process_fails_the_collect_graph(tmp_path: Path, capsys)
     assert result.get("code") == 2
     err = capsys.readouterr().err
     assert "node 'sim_station' exited with 1" in err and "killed by SIGKILL" in err, err[-3000:]
+
+
+def test_linger_keeps_recording_after_success(tmp_path: Path) -> None:
+    """Demos then hold the release and retreat, not only the approach: frames run on past success."""
+    out = tmp_path / "dataset"
+    code = main(["collect", "--device", "expert", "--episodes", "1", "--seed", "3", "--linger", "1.5",
+                 "--camera-size", "64", "48", "--out", str(out), "--report", str(tmp_path / "report")])
+    assert code == 0 and validate(out) == []
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["successes"] == 1
+    to_success = report["episode_detail"][0]["duration_s"]  # wall time to success, linger excluded
+    frames = pq.read_table(next(out.glob("data/chunk-*/file-*.parquet"))).num_rows
+    assert frames / 30.0 >= to_success + 1.2  # 30 fps; 1.5 s of linger less the first frame's wait

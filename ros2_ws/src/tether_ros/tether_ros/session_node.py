@@ -53,6 +53,8 @@ class SessionNode(Node):
         self.record = bool(p("record", False).value)  # collect: the recorder commits each episode
         self.human_source = str(p("human_source", "").value)  # a teleop node to reset each episode
         self.stop_on_success = bool(p("stop_on_success", True).value)  # False: run the whole timeout (soak)
+        # Seconds to keep running after success, so demos also hold the release and retreat.
+        self.linger_s = float(p("linger_s", 0.0).value)
         self.nominal_period = 1.0 / float(p("gate_rate_hz", 200.0).value)
         self.finished = False
         self.exit_code = 0
@@ -168,8 +170,9 @@ class SessionNode(Node):
         self._recording = True
         start = time.monotonic()
         success = False
+        succeeded_at: float | None = None
         event = ""
-        while time.monotonic() - start < self.timeout_s:
+        while time.monotonic() - start < self.timeout_s or self._lingering(succeeded_at):
             time.sleep(0.1)
             self._status(index, time.monotonic() - start)
             if self._events:
@@ -179,10 +182,10 @@ class SessionNode(Node):
                     break
                 self.get_logger().warning(f"unknown teleop event '{event}' ignored")
                 event = ""
-            if self._call("success").success:
-                success = True
-                if self.stop_on_success:
-                    break
+            if succeeded_at is None and self._call("success").success:
+                success, succeeded_at = True, time.monotonic()
+            if succeeded_at is not None and self.stop_on_success and not self._lingering(succeeded_at):
+                break
         if event in ("discard", "rerecord"):
             if self.record:
                 dropped = self._call("record_discard", timeout=60.0)
@@ -197,7 +200,11 @@ class SessionNode(Node):
                 raise GraphError(f"recorder could not commit episode {index}: {commit.message}")
             self._commits.append(commit.message)
         self._close_video()
-        return EpisodeResult(index, seed, success, time.monotonic() - start)
+        end = succeeded_at if succeeded_at is not None else time.monotonic()
+        return EpisodeResult(index, seed, success, end - start)
+
+    def _lingering(self, succeeded_at: float | None) -> bool:
+        return succeeded_at is not None and time.monotonic() - succeeded_at < self.linger_s
 
     def _close_video(self) -> None:
         with self._video_lock:
