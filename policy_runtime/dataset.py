@@ -8,8 +8,6 @@ works: paths come from ``meta/info.json``'s templates, episodes from
 
 from __future__ import annotations
 
-import glob
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tether.errors import DatasetError, DatasetLayoutError
+from tether.teleop.dataset import layout
+from tether.teleop.dataset.validate import read_episodes
 
 STATE = "observation.state"
 ACTION = "action"
@@ -56,23 +56,18 @@ class DemoSet:
 
 
 def read_info(root: Path) -> dict[str, Any]:
-    path = root / "meta" / "info.json"
-    if not path.is_file():
-        raise DatasetLayoutError(f"{root}: no meta/info.json; not a LeRobot v3 dataset")
-    info: dict[str, Any] = json.loads(path.read_text())
-    if info.get("codebase_version") != "v3.0":
-        raise DatasetLayoutError(f"{path}: codebase_version {info.get('codebase_version')!r}; training reads v3.0")
+    """The dataset's info.json (the writer's own check of the v3.0 layout), with the features training needs."""
+    info = layout.read_info(root)
     for key in (STATE, ACTION):
         if key not in info["features"]:
-            raise DatasetLayoutError(f"{path}: no '{key}' feature; features: {', '.join(info['features'])}")
+            raise DatasetLayoutError(f"{root}: no '{key}' feature; features: {', '.join(info['features'])}")
     return info
 
 
 def episode_rows(root: Path) -> list[dict[str, Any]]:
-    files = sorted(glob.glob(str(root / "meta" / "episodes" / "*" / "*.parquet")))
-    if not files:
+    rows = read_episodes(layout.Layout(root))
+    if not rows:
         raise DatasetLayoutError(f"{root}: no meta/episodes/*/*.parquet; run `tether dataset recover {root}`")
-    rows = [row for f in files for row in pq.read_table(f).to_pylist()]
     return sorted(rows, key=lambda r: r["episode_index"])
 
 
