@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,17 @@ from tqdm import tqdm
 from tether.errors import TetherError
 from tether.policy_runtime import export as ex
 from tether.policy_runtime import manifest as mf
+from tether.policy_runtime.models import PolicyModel
 from tether.policy_runtime.train import load_run, load_weights
 
 POLICIES = ("act", "diffusion")
 
 
-def eager_latency(model: torch.nn.Module, feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+def eager_latency(model: PolicyModel, feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:
     obs = {k: torch.from_numpy(v) for k, v in feed.items() if k != mf.NOISE}
     noise = torch.from_numpy(feed[mf.NOISE]) if mf.NOISE in feed else None
-    for _ in range(5):
-        model.predict_chunk(obs, noise=noise)  # type: ignore[operator]
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model.predict_chunk(obs, noise=noise)  # type: ignore[operator]
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)), "runs": runs}
+    p50, p99 = ex.latency_ms(lambda: model.predict_chunk(obs, noise=noise), runs, warmup=5)
+    return {"p50": p50, "p99": p99, "runs": runs}
 
 
 def bench_policy(run: Path, runs: int, threads: int) -> dict[str, Any]:
@@ -47,7 +41,7 @@ def bench_policy(run: Path, runs: int, threads: int) -> dict[str, Any]:
         parity = json.loads((ex.export(run, Path(tmp), quantize="int8", threads=threads, timing_runs=runs,
                                        parity_frames=32, calib_frames=32,
                                        tolerance_rad=float("inf")) / "parity.json").read_text())
-    eager = eager_latency(model, ex.held_out_inputs(spec, model, 1)[0], runs)
+    eager = eager_latency(model, ex.held_out_inputs(ex.held_out_source(spec, model), model, 1)[0], runs)
     variants = {v["quantization"]: v for v in parity["variants"]}
     fp32, int8 = variants["none"], parity["chosen"]
     return {

@@ -12,7 +12,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,19 +52,24 @@ class Variant:
     action_err_mean: float
 
 
-def held_out_inputs(spec: RunSpec, model: PolicyModel, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Normalized model inputs from the run's validation episodes (plus fixed noise where the graph takes it)."""
+def held_out_source(spec: RunSpec, model: PolicyModel) -> BatchSource:
+    """The run's validation episodes, decoded once, as normalized model inputs."""
     demos = load_demos(spec.dataset, image_size=(spec.image_size[0], spec.image_size[1]),
                        only_success=False, episodes=spec.val_episodes)
     cfg = model.config
-    src = BatchSource(demos, cfg.n_obs_steps, cfg.chunk_length, spec.normalization, torch.device("cpu"))
+    return BatchSource(demos, cfg.n_obs_steps, cfg.chunk_length, spec.normalization, torch.device("cpu"))
+
+
+def held_out_inputs(src: BatchSource, model: PolicyModel, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``count`` frames of ``src`` as graph feeds (plus fixed noise where the graph takes it)."""
+    cfg = model.config
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(src), generator=gen)[:count]
     names = model.export_input_names()
     feeds = []
     for i in idx:
         batch = src.batch(i.view(1))
-        noise = torch.randn(1, cfg.chunk_length, len(spec.joint_names), generator=gen)
+        noise = torch.randn(1, cfg.chunk_length, model.action_dim, generator=gen)
         feeds.append({n: (noise if n == mf.NOISE else batch[n]).numpy().astype(np.float32) for n in names})
     return feeds
 
@@ -87,15 +92,20 @@ def run_all(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> n
     return np.concatenate([sess.run([mf.ACTION], f)[0] for f in feeds])
 
 
-def time_session(sess: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 200) -> tuple[float, float]:
-    for _ in range(10):
-        sess.run([mf.ACTION], feed)
+def latency_ms(call: Callable[[], object], runs: int, warmup: int = 10) -> tuple[float, float]:
+    """(p50, p99) wall milliseconds of ``call`` over ``runs`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        sess.run([mf.ACTION], feed)
+        call()
         times.append((time.perf_counter() - t0) * 1000)
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def time_session(sess: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 200) -> tuple[float, float]:
+    return latency_ms(lambda: sess.run([mf.ACTION], feed), runs)
 
 
 def eager_actions(model: PolicyModel, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -161,7 +171,8 @@ def export(run: Path | str, out: Path | str, *, quantize: str = "none", parity_f
     out.mkdir(parents=True, exist_ok=True)
     fp32 = out / "model.fp32.onnx"
     to_onnx(model, fp32)
-    feeds = held_out_inputs(spec, model, parity_frames)
+    held_out = held_out_source(spec, model)
+    feeds = held_out_inputs(held_out, model, parity_frames)
     std = np.asarray(spec.normalization[mf.ACTION].std, dtype=np.float32)
     eager = eager_actions(model, feeds)
     ref = run_all(session(fp32, threads), feeds)
@@ -173,7 +184,7 @@ def export(run: Path | str, out: Path | str, *, quantize: str = "none", parity_f
                               "variants": [asdict(Variant("none", fp32.name, p50, p99, 0.0, 0.0))]}
     chosen = Variant("none", fp32.name, p50, p99, 0.0, 0.0)
     if quantize == "int8":
-        calib = held_out_inputs(spec, model, calib_frames, seed=1)
+        calib = held_out_inputs(held_out, model, calib_frames, seed=1)
         for q, path in quantize_variants(fp32, out, calib).items():
             if isinstance(path, str):
                 report.setdefault("failed_variants", {})[q] = path

@@ -11,17 +11,9 @@ import pytest
 
 from tether.errors import PolicyError
 from tether.policy_runtime import train as tr
-from tether.policy_runtime.export import export, held_out_inputs
+from tether.policy_runtime.export import export, held_out_inputs, held_out_source
 from tether.policy_runtime.manifest import load_manifest
 
-TINY = {
-    "act": {"backbone_width": 4, "backbone_blocks": (1, 1, 1, 1), "dim_model": 32, "n_heads": 2,
-            "dim_feedforward": 64, "n_encoder_layers": 1, "n_vae_encoder_layers": 1, "latent_dim": 8,
-            "chunk_length": 4},
-    "diffusion": {"backbone_width": 4, "backbone_blocks": (1, 1, 1, 1), "num_keypoints": 4, "down_dims": (16, 32),
-                  "step_embed_dim": 16, "n_groups": 4, "chunk_length": 4, "num_train_timesteps": 10,
-                  "ddim_steps": 4},
-}
 
 
 @pytest.fixture(scope="module", params=["act", "diffusion"])
@@ -29,7 +21,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp(f"export_{request.param}")
     dataset = demo_data.write_demos(root / "ds", so101, [14, 12, 10])
     config = tr.TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=4, checkpoint_every=4, image_size=32)
-    return tr.train(request.param, dataset, root / "run", config=config, overrides=TINY[request.param],
+    return tr.train(request.param, dataset, root / "run", config=config, overrides=demo_data.TINY[request.param],
                     progress=False)
 
 
@@ -67,5 +59,5 @@ def test_int8_refuses_when_no_variant_is_accurate_enough(run: Path, tmp_path: Pa
 
 def test_held_out_frames_come_from_validation_episodes(run: Path) -> None:
     spec, model = tr.load_run(run), tr.load_weights(run)
-    feeds = held_out_inputs(spec, model, 3)
+    feeds = held_out_inputs(held_out_source(spec, model), model, 3)
     assert len(feeds) == 3 and set(feeds[0]) == set(model.export_input_names())
