@@ -11,15 +11,6 @@ import torch
 from tether.policy_runtime import train as tr
 from tether.policy_runtime.train import TrainConfig, TrainError
 
-# Tiny networks: these tests are about the trainer, not about learning the task.
-TINY = {
-    "act": {"backbone_width": 4, "backbone_blocks": (1, 1, 1, 1), "dim_model": 32, "n_heads": 2,
-            "dim_feedforward": 64, "n_encoder_layers": 1, "n_vae_encoder_layers": 1, "latent_dim": 8,
-            "chunk_length": 4},
-    "diffusion": {"backbone_width": 4, "backbone_blocks": (1, 1, 1, 1), "num_keypoints": 4, "down_dims": (16, 32),
-                  "step_embed_dim": 16, "n_groups": 4, "chunk_length": 4, "num_train_timesteps": 10,
-                  "ddim_steps": 4},
-}
 CONFIG = TrainConfig(steps=6, batch_size=4, warmup_steps=2, val_every=3, checkpoint_every=3, val_samples=8,
                      image_size=32)
 
@@ -30,8 +21,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, so101, demo_data) -> Path:
 
 
 @pytest.mark.parametrize("policy", ["act", "diffusion"])
-def test_a_run_writes_checkpoints_metrics_and_a_plot(policy: str, dataset: Path, tmp_path: Path) -> None:
-    run = tr.train(policy, dataset, tmp_path / policy, config=CONFIG, overrides=TINY[policy], progress=False)
+def test_a_run_writes_checkpoints_metrics_and_a_plot(policy: str, dataset: Path, tmp_path: Path, demo_data) -> None:
+    run = tr.train(policy, dataset, tmp_path / policy, config=CONFIG, overrides=demo_data.TINY[policy],
+                   progress=False)
     spec = tr.load_run(run)
     assert spec.policy == policy and spec.cameras == ["front", "wrist"] and spec.image_size == [32, 32]
     assert 3 not in spec.train_episodes + spec.val_episodes  # the failed episode is left out
@@ -45,18 +37,19 @@ def test_a_run_writes_checkpoints_metrics_and_a_plot(policy: str, dataset: Path,
     assert model.name == policy and not model.training
 
 
-def test_resume_continues_bit_exact(dataset: Path, tmp_path: Path) -> None:
-    straight = tr.train("act", dataset, tmp_path / "straight", config=CONFIG, overrides=TINY["act"], progress=False)
+def test_resume_continues_bit_exact(dataset: Path, tmp_path: Path, demo_data) -> None:
+    tiny = demo_data.TINY["act"]
+    straight = tr.train("act", dataset, tmp_path / "straight", config=CONFIG, overrides=tiny, progress=False)
     half = dict(CONFIG.__dict__, steps=3)
-    tr.train("act", dataset, tmp_path / "resumed", config=TrainConfig(**half), overrides=TINY["act"], progress=False)
+    tr.train("act", dataset, tmp_path / "resumed", config=TrainConfig(**half), overrides=tiny, progress=False)
     resumed = tr.train("act", dataset, tmp_path / "resumed", config=CONFIG, resume=True, progress=False)
     a, b = tr.load_weights(straight).state_dict(), tr.load_weights(resumed).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a), "resume must reproduce the uninterrupted run exactly"
 
 
-def test_an_existing_run_is_not_overwritten(dataset: Path, tmp_path: Path) -> None:
-    run = tr.train("act", dataset, tmp_path / "r", config=CONFIG, overrides=TINY["act"], progress=False)
+def test_an_existing_run_is_not_overwritten(dataset: Path, tmp_path: Path, demo_data) -> None:
+    run = tr.train("act", dataset, tmp_path / "r", config=CONFIG, overrides=demo_data.TINY["act"], progress=False)
     with pytest.raises(TrainError, match="--resume"):
-        tr.train("act", dataset, run, config=CONFIG, overrides=TINY["act"], progress=False)
+        tr.train("act", dataset, run, config=CONFIG, overrides=demo_data.TINY["act"], progress=False)
     with pytest.raises(TrainError, match="not a training run"):
         tr.load_run(tmp_path)
