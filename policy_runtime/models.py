@@ -11,6 +11,7 @@ holds everything the constructor needs, as JSON-safe values.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import warnings
 from collections.abc import Iterator, Mapping
@@ -91,7 +92,7 @@ def hold_padding(actions: Tensor, is_pad: Tensor) -> Tensor:
     return actions.gather(1, last_real.unsqueeze(-1).expand_as(actions))
 
 
-class PolicyModel(nn.Module):
+class PolicyModel(nn.Module, abc.ABC):
     """Base of ACTPolicy and DiffusionPolicy; subclasses fill in the four ``_`` hooks."""
 
     name: ClassVar[str] = ""
@@ -126,9 +127,9 @@ class PolicyModel(nn.Module):
         with evaluating(self):
             return self._predict(obs, noise)
 
+    @abc.abstractmethod
     def export_module(self) -> nn.Module:
         """A copy in eval mode whose ``forward(*inputs)`` takes ``export_input_names()`` in order."""
-        raise NotImplementedError
 
     def export_input_names(self) -> list[str]:
         return [STATE] + [image_key(c) for c in self.cameras]
@@ -167,11 +168,13 @@ class PolicyModel(nn.Module):
         if training and batch[ACTION_IS_PAD].dtype != torch.bool:
             raise PolicyError(f"{self.name}: '{ACTION_IS_PAD}' must be bool, got {batch[ACTION_IS_PAD].dtype}")
 
+    @abc.abstractmethod
     def _loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The policy's training loss on a checked batch."""
 
+    @abc.abstractmethod
     def _predict(self, obs: Mapping[str, Tensor], noise: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """The policy's eager inference on checked observations, in eval mode."""
 
 
 def _batch_size(batch: Mapping[str, Tensor]) -> int:
