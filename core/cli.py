@@ -42,6 +42,8 @@ def _add_rehearse(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--policy", type=Path, default=None, metavar="MODEL_DIR",
                    help="with --source policy: the model folder (manifest.json + .onnx; default: the shipped model); "
                         "the twin's cameras render at the model's image size")
+    r.add_argument("--replan-hz", type=float, default=0.0,
+                   help="with --source policy: inferences a second (default: the policy node's 10 Hz)")
     r.add_argument("--episodes", type=int, default=20)
     r.add_argument("--report", type=Path, default=Path("runs/rehearsal"))
     r.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None,
@@ -103,12 +105,14 @@ def _rehearse(a: argparse.Namespace) -> int:
     if a.source == "policy":
         cameras = {c.name: (c.width, c.height) for c in profile.cameras}
         model, (w, h) = _policy_model(a.policy, profile.joint_names, cameras, a.camera_size)
-    elif a.policy is not None:
-        raise TetherError(f"--policy is for --source policy (the source is '{a.source}')")
+    elif a.policy is not None or a.replan_hz:
+        raise TetherError(f"--policy and --replan-hz are for --source policy (the source is '{a.source}')")
+    if a.replan_hz < 0:
+        raise TetherError(f"--replan-hz must be positive, got {a.replan_hz}")
     args = RehearsalArgs(
         robot=a.robot, task=a.task, source=a.source, episodes=a.episodes, seed=a.seed,
         report=str(a.report.resolve()), camera_width=w, camera_height=h,
-        episode_timeout=a.episode_timeout, video_episodes=a.video_episodes, policy=model,
+        episode_timeout=a.episode_timeout, video_episodes=a.video_episodes, policy=model, replan_hz=a.replan_hz,
     )
     code = _run("rehearse", rehearsal_graph(args), a.report, 60.0 + a.episodes * (a.episode_timeout + 10.0))
     if code != 0:
@@ -119,6 +123,8 @@ def _rehearse(a: argparse.Namespace) -> int:
     print(f"success {summary['successes']}/{summary['episodes']} = {summary['success_rate']:.2f} "
           f"(95% CI {lo:.2f}-{hi:.2f}); obs->command p50 {lat.get('p50') or float('nan'):.1f} ms "
           f"p99 {lat.get('p99') or float('nan'):.1f} ms; command rate {summary['command_rate_hz']:.0f} Hz")
+    if summary["failures"]:
+        print("failed episodes missed: " + ", ".join(f"{k} {n}" for k, n in summary["failures"].items()))
     print(f"report: {a.report / 'report.md'}")
     return 0
 

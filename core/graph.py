@@ -79,6 +79,7 @@ class RehearsalArgs:
     gate_rate_hz: float = 200.0
     video_episodes: int = 1
     policy: str = ""  # source "policy": its model folder ("": the model shipped with the repo)
+    replan_hz: float = 0.0  # source "policy": inferences a second (0: the policy node's default)
 
 
 SOURCES = ("expert", "policy")
@@ -126,9 +127,12 @@ def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
 
 
 def _source_parameters(a: RehearsalArgs) -> dict[str, ParamValue]:
+    params: dict[str, ParamValue] = {"robot": a.robot}
     if a.source == "policy" and a.policy:
-        return {"robot": a.robot, "model_dir": a.policy}
-    return {"robot": a.robot}
+        params["model_dir"] = a.policy
+    if a.source == "policy" and a.replan_hz > 0:
+        params["replan_hz"] = a.replan_hz
+    return params
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ class EpisodeResult:
     seed: int
     success: bool
     duration_s: float
+    missed: tuple[str, ...] = ()  # success conditions not met at the end (see tether.sim.tasks.Outcome)
+    distance_m: float | None = None  # object to target at the end, where the task measures it
 
 
 def percentiles(values: list[float] | np.ndarray) -> dict[str, float]:
@@ -37,7 +40,14 @@ def outcome_summary(episodes: list[EpisodeResult]) -> dict[str, Any]:
         "success_rate": k / n if n else 0.0,
         "ci95": [lo, hi],
         "mean_duration_s": float(np.mean([e.duration_s for e in episodes])) if n else 0.0,
+        "failures": failure_counts(episodes),
     }
+
+
+def failure_counts(episodes: list[EpisodeResult]) -> dict[str, int]:
+    """How many failed episodes missed each success condition, most common first."""
+    counts = Counter(c for e in episodes if not e.success for c in e.missed)
+    return dict(counts.most_common())
 
 
 @dataclass
@@ -94,13 +104,16 @@ class RehearsalReport:
             f"| missed deadlines (period > 2× nominal) | {d['missed_deadlines']} |",
             f"| gate holds / e-stops | {d['gate_holds']} / {d['estops']} |",
             f"| twin compute real-time factor | {_fmt(d['twin_compute_rtf'], '.1f')}× |",
+            f"| failed episodes missed | {_failures(d['failures'])} |",
             "",
             "![outcomes and timing](report.png)",
             "",
-            "| episode | seed | success | duration (s) |",
-            "|---|---|---|---|",
+            "| episode | seed | success | duration (s) | object to target (cm) | missed |",
+            "|---|---|---|---|---|---|",
         ]
-        lines += [f"| {e.index} | {e.seed} | {'yes' if e.success else 'no'} | {e.duration_s:.2f} |" for e in self.episodes]
+        lines += [f"| {e.index} | {e.seed} | {'yes' if e.success else 'no'} | {e.duration_s:.2f} | "
+                  f"{_fmt(None if e.distance_m is None else 100 * e.distance_m, '.1f')} | {', '.join(e.missed)} |"
+                  for e in self.episodes]
         return "\n".join(lines) + "\n"
 
     def plot(self, path: Path) -> None:
@@ -110,12 +123,16 @@ class RehearsalReport:
         import matplotlib.pyplot as plt
         import matplotlib.ticker
 
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+        fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(15, 3.8))
         idx = [e.index for e in self.episodes]
         colors = ["tab:green" if e.success else "tab:red" for e in self.episodes]
         ax1.bar(idx, [e.duration_s for e in self.episodes], color=colors)
         ax1.set(xlabel="episode", ylabel="duration (s)", title="Episodes (green = success)")
-        ax1.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        distance = [np.nan if e.distance_m is None else 100 * e.distance_m for e in self.episodes]
+        ax3.bar(idx, distance, color=colors)
+        ax3.set(xlabel="episode", ylabel="object to target (cm)", title="Where the object ended")
+        for ax in (ax1, ax3):
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         periods = np.asarray(self.command_periods_ms)
         if periods.size:
             ax2.hist(periods, bins=60, color="tab:blue", log=True)
@@ -133,9 +150,13 @@ def _json_safe(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _failures(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -20,6 +20,22 @@ from tether.errors import UnknownTaskError
 from tether.robot_profile import RobotProfile
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """Where an episode stands: the success conditions it misses (none: success) and how far
+    the object is from the target, so a failed evaluation says why it failed."""
+
+    missed: tuple[str, ...]
+    distance_m: float  # object centre to target centre, in the table plane
+
+    @property
+    def success(self) -> bool:
+        return not self.missed
+
+    def as_dict(self) -> dict[str, object]:
+        return {"success": self.success, "missed": list(self.missed), "distance_m": round(self.distance_m, 4)}
+
+
 class Task(Protocol):
     @property
     def name(self) -> str: ...
@@ -29,6 +45,8 @@ class Task(Protocol):
     def reset(self, model: mujoco.MjModel, data: mujoco.MjData, rng: np.random.Generator) -> None: ...
 
     def success(self, model: mujoco.MjModel, data: mujoco.MjData) -> bool: ...
+
+    def outcome(self, model: mujoco.MjModel, data: mujoco.MjData) -> Outcome: ...
 
     def object_pose(self, model: mujoco.MjModel, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -96,13 +114,23 @@ class PickPlace:
         data.qvel[model.jnt_dofadr[model.joint("cube_free").id]:][:6] = 0.0
         data.mocap_pos[model.body("target").mocapid[0]] = [*(base + target_xy), 0.0]
 
+    # Success conditions, in the order a failure lists them.
+    CONDITIONS = ("outside_target", "not_resting", "moving", "held")
+
     def success(self, model: mujoco.MjModel, data: mujoco.MjData) -> bool:
+        return self.outcome(model, data).success
+
+    def outcome(self, model: mujoco.MjModel, data: mujoco.MjData) -> Outcome:
+        """Released, resting and still inside the target disc; otherwise which of those fail."""
         pos, _ = self.object_pose(model, data)
-        target = self.target_position(model, data)
-        inside = np.linalg.norm(pos[:2] - target[:2]) <= self.target_radius
-        resting = pos[2] <= self.cube_half + self.rest_height_tol
-        still = np.linalg.norm(self._cube_velocity(model, data)[:3]) <= self.rest_speed
-        return bool(inside and resting and still and not self.held(model, data))
+        distance = float(np.linalg.norm(pos[:2] - self.target_position(model, data)[:2]))
+        failed = {
+            "outside_target": distance > self.target_radius,
+            "not_resting": pos[2] > self.cube_half + self.rest_height_tol,
+            "moving": np.linalg.norm(self._cube_velocity(model, data)[:3]) > self.rest_speed,
+            "held": self.held(model, data),
+        }
+        return Outcome(tuple(c for c in self.CONDITIONS if failed[c]), distance)
 
     def held(self, model: mujoco.MjModel, data: mujoco.MjData) -> bool:
         """True while the cube touches any moving body (the robot, e.g. a jaw pad)."""

@@ -23,7 +23,7 @@ from tether.errors import NoTaskError, UnknownCameraError
 from tether.robot_profile import RobotProfile
 from tether.sim.model import build_model
 from tether.sim.rendering import CameraRenderer
-from tether.sim.tasks import Task, get_task, task_names
+from tether.sim.tasks import Outcome, Task, get_task, task_names
 
 
 class Twin:
@@ -108,6 +108,10 @@ class Twin:
 
     def success(self) -> bool:
         return self._task.success(self.model, self.data) if self._task is not None else False
+
+    def outcome(self) -> Outcome:
+        """Success, or which success conditions the task misses right now (see ``Outcome``)."""
+        return self._require_task().outcome(self.model, self.data)
 
     def object_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """Cube position (3,) and quaternion wxyz (4,): privileged, for experts and metrics."""

@@ -34,3 +34,13 @@ def test_unknown_sources_and_devices_list_the_valid_ones() -> None:
         rehearsal_graph(dataclasses.replace(RehearsalArgs(), source="ghost"))
     with pytest.raises(TetherError, match="devices: expert, replay"):
         collect_graph(dataclasses.replace(CollectArgs(), device="ghost"))
+
+
+def test_policy_source_takes_the_model_and_replan_rate() -> None:
+    args = RehearsalArgs(source="policy", policy="models/m", replan_hz=30.0)
+    source = rehearsal_graph(args)[1]
+    assert source.executable == "policy_node"
+    assert source.parameters == {"robot": "so101", "model_dir": "models/m", "replan_hz": 30.0}
+    # 0 leaves the node's own default, and the expert never gets policy parameters.
+    assert "replan_hz" not in rehearsal_graph(dataclasses.replace(args, replan_hz=0.0))[1].parameters
+    assert rehearsal_graph(dataclasses.replace(args, source="expert"))[1].parameters == {"robot": "so101"}

@@ -9,6 +9,7 @@ from tether.report import EpisodeResult, RehearsalReport
 
 def test_report_summarizes_outcomes_latency_and_timing(tmp_path) -> None:
     episodes = [EpisodeResult(i, 10 + i, success=i != 2, duration_s=5.0 + i) for i in range(4)]
+    episodes[2] = EpisodeResult(2, 12, False, 20.0, missed=("outside_target", "held"), distance_m=0.061)
     periods = list(np.r_[np.full(980, 5.0), np.full(20, 11.0)])
     report = RehearsalReport(
         episodes=episodes,
@@ -26,7 +27,10 @@ def test_report_summarizes_outcomes_latency_and_timing(tmp_path) -> None:
     assert (data["gate_holds"], data["estops"]) == (4, 1)
     assert json.loads((tmp_path / "report.json").read_text()) == data
     md = (tmp_path / "report.md").read_text()
-    assert "3/4 = 0.75" in md and "| 2 | 12 | no |" in md
+    assert data["failures"] == {"outside_target": 1, "held": 1}
+    assert data["episode_detail"][2]["missed"] == ["outside_target", "held"]
+    assert "3/4 = 0.75" in md and "| 2 | 12 | no | 20.00 | 6.1 | outside_target, held |" in md
+    assert "| failed episodes missed | outside_target 1, held 1 |" in md
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 

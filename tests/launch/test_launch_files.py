@@ -152,6 +152,7 @@ def test_every_rehearsal_arg_is_a_launch_argument(launch_module: types.ModuleTyp
         {},
         {"episodes": "1", "camera_width": "64", "camera_height": "48", "report": "/tmp/r", "episode_timeout": "5"},
         {"seed": "7", "gate_rate_hz": "100", "video_episodes": "0", "robot": "panda"},
+        {"source": "policy", "policy": "models/m", "replan_hz": "30"},
     ],
 )
 def test_one_node_per_graph_node(launch_module: types.ModuleType, overrides: dict[str, str]) -> None:

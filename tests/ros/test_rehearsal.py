@@ -22,6 +22,10 @@ def test_short_rehearsal_writes_a_complete_report(tmp_path: Path) -> None:
         assert key in data
     assert data["episodes"] == 2
     assert [e["seed"] for e in data["episode_detail"]] == [3, 4]
+    for episode in data["episode_detail"]:  # the twin says where the cube ended and why an episode failed
+        assert episode["distance_m"] is not None
+        assert (episode["missed"] == []) == episode["success"]
+        assert (episode["distance_m"] <= 0.04) if episode["success"] else episode["missed"]
     lo, hi = data["ci95"]
     assert 0.0 <= lo <= data["success_rate"] <= hi <= 1.0
     lat = data["latency_ms"]["obs_to_command"]
@@ -46,4 +50,11 @@ def test_a_node_that_dies_fails_the_graph(tmp_path: Path) -> None:
 def test_bad_arguments_fail_before_any_process_starts(tmp_path: Path, capsys) -> None:
     assert main(["rehearse", "--robot", "nope", "--report", str(tmp_path)]) == 2
     assert "available: panda, so101" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("extra", [["--policy", "models/x"], ["--replan-hz", "30"]])
+def test_policy_options_need_the_policy_source(tmp_path: Path, capsys, extra: list[str]) -> None:
+    assert main(["rehearse", "--source", "expert", *extra, "--report", str(tmp_path)]) == 2
+    assert "are for --source policy" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()

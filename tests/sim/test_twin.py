@@ -205,6 +205,7 @@ def test_grasp_lifts_cube_and_holds_it_while_moving(twin: Twin, seed: int) -> No
     assert np.linalg.norm((cube - twin.ee_pose()[0]) - offset) < 0.01
     assert TASK.held(twin.model, twin.data)
     assert not twin.success()
+    assert {"held", "not_resting"} <= set(twin.outcome().missed)
 
 
 def test_placing_cube_in_target_zone_succeeds(twin: Twin) -> None:
@@ -219,6 +220,7 @@ def test_placing_cube_in_target_zone_succeeds(twin: Twin) -> None:
     move(twin, with_gripper(above, twin, grip.closed), 1.0)
     move(twin, with_gripper(down, twin, grip.closed), 0.8)
     assert not twin.success()  # still in the jaws
+    assert "held" in twin.outcome().missed and "outside_target" not in twin.outcome().missed
     move(twin, with_gripper(down, twin, grip.open), 0.4)
     move(twin, with_gripper(above, twin, grip.open), 0.8)
     move(twin, with_gripper(above, twin, grip.open), 0.3)
@@ -229,9 +231,12 @@ def test_cube_outside_target_zone_is_not_success(twin: Twin) -> None:
     twin.reset(2)
     target = twin.target_position()
     place_cube_at(twin, target[:2])
-    assert twin.success()
+    assert twin.success() and twin.outcome().missed == () and twin.outcome().distance_m < 1e-3
     place_cube_at(twin, target[:2] + [TASK.target_radius + 0.01, 0.0])
     assert not twin.success()
+    outcome = twin.outcome()
+    assert outcome.missed == ("outside_target",)
+    assert outcome.distance_m == pytest.approx(TASK.target_radius + 0.01, abs=2e-3)
 
 
 # -- cameras ------------------------------------------------------------------------------------

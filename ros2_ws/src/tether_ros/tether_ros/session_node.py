@@ -10,6 +10,7 @@ that cannot be reached makes it exit non-zero.
 from __future__ import annotations
 
 import collections
+import json
 import sys
 import threading
 import time
@@ -170,6 +171,7 @@ class SessionNode(Node):
         self._recording = True
         start = time.monotonic()
         success = False
+        state: Trigger.Response | None = None  # the twin's last answer: why the episode has not succeeded
         succeeded_at: float | None = None
         event = ""
         while time.monotonic() - start < self.timeout_s or self._lingering(succeeded_at):
@@ -182,8 +184,10 @@ class SessionNode(Node):
                     break
                 self.get_logger().warning(f"unknown teleop event '{event}' ignored")
                 event = ""
-            if succeeded_at is None and self._call("success").success:
-                success, succeeded_at = True, time.monotonic()
+            if succeeded_at is None:
+                state = self._call("success")
+                if state.success:
+                    success, succeeded_at = True, time.monotonic()
             if succeeded_at is not None and self.stop_on_success and not self._lingering(succeeded_at):
                 break
         if event in ("discard", "rerecord"):
@@ -201,7 +205,8 @@ class SessionNode(Node):
             self._commits.append(commit.message)
         self._close_video()
         end = succeeded_at if succeeded_at is not None else time.monotonic()
-        return EpisodeResult(index, seed, success, end - start)
+        missed, distance = _outcome(state, success)
+        return EpisodeResult(index, seed, success, end - start, missed, distance)
 
     def _lingering(self, succeeded_at: float | None) -> bool:
         return succeeded_at is not None and time.monotonic() - succeeded_at < self.linger_s
@@ -273,6 +278,16 @@ class SessionNode(Node):
             f"success {data['successes']}/{data['episodes']} ci95={np.round(data['ci95'], 3).tolist()} "
             f"report: {self.report_dir / 'report.md'}"
         )
+
+
+def _outcome(state: Trigger.Response | None, success: bool) -> tuple[tuple[str, ...], float | None]:
+    """The conditions missed and object-to-target distance from the twin's ``~/success`` answer."""
+    try:
+        detail = json.loads(state.message) if state is not None else {}
+    except json.JSONDecodeError:  # a twin that does not describe its outcome
+        detail = {}
+    missed = () if success else tuple(detail.get("missed", ("operator" if state is None else "unknown",)))
+    return missed, detail.get("distance_m")
 
 
 NODE = SessionNode  # for tether_ros.container

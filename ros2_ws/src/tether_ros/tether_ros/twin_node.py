@@ -5,7 +5,7 @@ images and CameraInfo for every profile camera, the cube and target poses on
 ``/tether/sim/*`` (privileged, for scripted experts only) and, optionally,
 ``/clock``. Executes JointTrajectory on the profile's command topic with
 JointTrajectoryController semantics. Services: ``~/reset`` (next seed) and
-``~/success``.
+``~/success`` (its message: JSON with the conditions missed and the object's distance to the target).
 
 Physics is stepped to keep pace with the clock (real time); with
 ``publish_clock`` it runs free and drives ``/clock`` for ``use_sim_time`` graphs.
@@ -13,6 +13,7 @@ Physics is stepped to keep pace with the clock (real time); with
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -166,9 +167,12 @@ class TwinNode(Node):
         return res
 
     def _success(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
-        res.success = bool(self.twin.success())
-        pos, _ = self.twin.object_pose() if self.twin.task_name else (np.zeros(3), None)
-        res.message = f"object at {np.round(pos, 3).tolist()} t={self.twin.time:.2f}s"
+        """success, and as JSON the conditions missed, the object's distance to the target and its position."""
+        state: dict[str, object] = {"t": round(self.twin.time, 3)}
+        if self.twin.task_name:
+            state.update(self.twin.outcome().as_dict(), object=np.round(self.twin.object_pose()[0], 4).tolist())
+        res.success = bool(state.get("success", False))
+        res.message = json.dumps(state)
         return res
 
     def _publish_diagnostics(self) -> None:
