@@ -13,9 +13,13 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tether.errors import TetherError
 from tether.graph import NodeSpec, ParamValue, ProcessSpec, processes
@@ -64,12 +68,52 @@ def run_graph(nodes: list[NodeSpec], log_dir: Path, timeout: float | None = None
     log_dir.mkdir(parents=True, exist_ok=True)
     env = graph_env()
     running: list[RunningNode] = []
-    try:
-        for spec in processes(nodes):
-            running.append(_start(spec, log_dir, env))
-        return _wait(running, timeout)
-    finally:
-        _stop(running)
+    with _Termination() as termination:
+        try:
+            with termination.deferred():  # a signal inside Popen would orphan the node being started
+                for spec in processes(nodes):
+                    running.append(_start(spec, log_dir, env))
+            return _wait(running, timeout)
+        finally:
+            _stop(running)
+
+
+class _Termination:
+    """SIGTERM and SIGHUP stop the graph as Ctrl-C does: the nodes run in their own sessions,
+    so without this a ``kill`` or a closed terminal would leave them running."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._defer = False
+        self._pending: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Termination:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._defer = True
+        try:
+            yield
+        finally:
+            self._defer = False
+        if self._pending is not None:
+            raise KeyboardInterrupt(self._pending)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self._defer:
+            self._pending = name
+            return
+        raise KeyboardInterrupt(name)
 
 
 def _start(spec: ProcessSpec, log_dir: Path, env: dict[str, str]) -> RunningNode:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
@@ -58,3 +62,33 @@ def test_policy_options_need_the_policy_source(tmp_path: Path, capsys, extra: li
     assert main(["rehearse", "--source", "expert", *extra, "--report", str(tmp_path)]) == 2
     assert "are for --source policy" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state is the parent pid
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_terminating_tether_stops_every_node(tmp_path: Path, sig: signal.Signals) -> None:
+    """The nodes run in their own sessions; `kill` (or a closed terminal) on tether must still stop them."""
+    tether = subprocess.Popen([sys.executable, "-m", "tether.cli", "rehearse", "--episodes", "50",
+                               "--camera-size", "64", "48", "--report", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    nodes: set[int] = set()
+    while len(nodes) < 4 and time.monotonic() < deadline and tether.poll() is None:
+        time.sleep(0.2)
+        nodes = _children(tether.pid)
+    assert len(nodes) == 4, f"the graph did not start: {nodes}"
+    tether.send_signal(sig)
+    assert tether.wait(timeout=30) == 130
+    alive = [pid for pid in nodes if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"nodes {alive} outlived tether"
