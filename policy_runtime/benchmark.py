@@ -67,7 +67,8 @@ def rehearsal_figures(e2e: Path) -> dict[str, Any]:
         r = json.loads(report.read_text())
         found[report.parent.name[len("eval_"):]] = {
             "episodes": r["episodes"], "successes": r["successes"], "success_rate": r["success_rate"],
-            "ci95": r["ci95"], "obs_to_command_ms": r["latency_ms"]["obs_to_command"]}
+            "ci95": r["ci95"], "obs_to_command_ms": r["latency_ms"]["obs_to_command"],
+            "failures": r.get("failures", {})}  # reports older than the failure breakdown lack it
     return found
 
 
@@ -99,12 +100,14 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{x['speedup_int8_vs_eager']:.1f}x | {x['action_err_int8']:.4f} |")
     if r.get("rehearsal"):
         lines += ["", "## In rehearsal (full ROS 2 graph, twin, gate)", "",
-                  "| model | success | 95% CI | obs->command p50 / p99 ms |", "|---|---|---|---|"]
+                  "| model | success | 95% CI | obs->command p50 / p99 ms | failed episodes missed |",
+                  "|---|---|---|---|---|"]
         for name, x in r["rehearsal"].items():
             lat = x["obs_to_command_ms"]
+            missed = ", ".join(f"{k} {n}" for k, n in x["failures"].items()) or "-"
             lines.append(f"| {name} | {x['successes']}/{x['episodes']} = {x['success_rate']:.2f} | "
                          f"{x['ci95'][0]:.2f}-{x['ci95'][1]:.2f} | {lat.get('p50') or float('nan'):.1f} / "
-                         f"{lat.get('p99') or float('nan'):.1f} |")
+                         f"{lat.get('p99') or float('nan'):.1f} | {missed} |")
     return "\n".join(lines) + "\n"
 
 

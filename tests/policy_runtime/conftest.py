@@ -9,6 +9,8 @@ from types import ModuleType
 
 import pytest
 
+from tether.policy_runtime import train as tr
+
 FIXTURES = Path(__file__).with_name("onnx_fixtures.py")
 
 
@@ -27,3 +29,13 @@ def load_fixtures() -> ModuleType:
 @pytest.fixture(scope="session")
 def fx() -> ModuleType:
     return load_fixtures()
+
+
+@pytest.fixture(scope="session", params=["act", "diffusion"])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, so101, demo_data) -> Path:
+    """A tiny trained run of each policy (4 steps on a 3-episode dataset) to export and benchmark."""
+    root = tmp_path_factory.mktemp(f"run_{request.param}")
+    dataset = demo_data.write_demos(root / "ds", so101, [14, 12, 10])
+    config = tr.TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=4, checkpoint_every=4, image_size=32)
+    return tr.train(request.param, dataset, root / "run", config=config, overrides=demo_data.TINY[request.param],
+                    progress=False)

@@ -10,19 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from tether.errors import PolicyError
-from tether.policy_runtime import train as tr
 from tether.policy_runtime.export import export, held_out_inputs, held_out_source
 from tether.policy_runtime.manifest import load_manifest
 
-
-
-@pytest.fixture(scope="module", params=["act", "diffusion"])
-def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, so101, demo_data) -> Path:
-    root = tmp_path_factory.mktemp(f"export_{request.param}")
-    dataset = demo_data.write_demos(root / "ds", so101, [14, 12, 10])
-    config = tr.TrainConfig(steps=4, batch_size=4, warmup_steps=1, val_every=4, checkpoint_every=4, image_size=32)
-    return tr.train(request.param, dataset, root / "run", config=config, overrides=demo_data.TINY[request.param],
-                    progress=False)
 
 
 def test_fp32_export_matches_torch_and_pins_its_graph(run: Path, tmp_path: Path) -> None:
