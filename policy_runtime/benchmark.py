@@ -68,7 +68,7 @@ def rehearsal_figures(e2e: Path) -> dict[str, Any]:
         found[report.parent.name[len("eval_"):]] = {
             "episodes": r["episodes"], "successes": r["successes"], "success_rate": r["success_rate"],
             "ci95": r["ci95"], "obs_to_command_ms": r["latency_ms"]["obs_to_command"],
-            "failures": r.get("failures", {})}  # reports older than the failure breakdown lack it
+            "failures": r.get("failures")}  # None: a report from before the failure breakdown
     return found
 
 
@@ -104,7 +104,8 @@ def markdown(r: dict[str, Any]) -> str:
                   "|---|---|---|---|---|"]
         for name, x in r["rehearsal"].items():
             lat = x["obs_to_command_ms"]
-            missed = ", ".join(f"{k} {n}" for k, n in x["failures"].items()) or "-"
+            failures = x["failures"]
+            missed = "n/a" if failures is None else ", ".join(f"{k} {n}" for k, n in failures.items()) or "-"
             lines.append(f"| {name} | {x['successes']}/{x['episodes']} = {x['success_rate']:.2f} | "
                          f"{x['ci95'][0]:.2f}-{x['ci95'][1]:.2f} | {lat.get('p50') or float('nan'):.1f} / "
                          f"{lat.get('p99') or float('nan'):.1f} | {missed} |")
