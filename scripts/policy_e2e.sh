@@ -5,13 +5,14 @@
 #   bash scripts/policy_e2e.sh [OUT] [EPISODES_PER_EVAL]
 #
 # Every step skips itself when its output exists, so a run can be resumed after Ctrl-C.
-# Step sizes are env vars: DEMOS (60), ACT_STEPS, DIFFUSION_STEPS, SEED.
+# Step sizes are env vars: DEMOS (80), ACT_STEPS (7000), DIFFUSION_STEPS (3000), SEED.
+# On the 2-core machine: collect ~10 min, ACT ~30 min, Diffusion ~30 min, each 50-episode rehearsal ~12 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/e2e}
 EVAL=${2:-50}
-DEMOS=${DEMOS:-60}
-ACT_STEPS=${ACT_STEPS:-5000}
+DEMOS=${DEMOS:-80}
+ACT_STEPS=${ACT_STEPS:-7000}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-3000}
 SEED=${SEED:-100}
 T=.venv/bin/tether
