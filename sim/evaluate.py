@@ -51,7 +51,9 @@ def run_expert_episodes(profile: RobotProfile, task: str, episodes: int, seed: i
     with Twin(profile, task) as twin, tqdm(total=episodes, disable=not progress, desc="expert", unit="ep") as bar:
         for i in range(episodes):
             success, duration = run_episode(twin, expert, seed + i)
-            results.append(EpisodeResult(i, seed + i, success, duration))
+            outcome = twin.outcome()
+            results.append(EpisodeResult(i, seed + i, success, duration, () if success else outcome.missed,
+                                         outcome.distance_m))
             bar.set_postfix(successes=f"{sum(r.success for r in results)}/{len(results)}", refresh=False)
             bar.update(1)
     return results

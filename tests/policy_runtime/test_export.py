@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from tether.errors import PolicyError
+from tether.policy_runtime import train as tr
 from tether.policy_runtime.export import export, held_out_inputs, held_out_source
 from tether.policy_runtime.manifest import load_manifest
 

@@ -82,6 +82,7 @@ def test_run_expert_episodes_reports_each_seed(so101: RobotProfile) -> None:
     assert [r.seed for r in results] == [40, 41, 42]
     assert [r.index for r in results] == [0, 1, 2]
     assert all(r.success for r in results)
+    assert all(r.missed == () and r.distance_m <= 0.04 for r in results)  # placed inside the 4 cm disc
     assert outcome_summary(results)["success_rate"] == 1.0
 
 
@@ -212,8 +213,8 @@ def test_cli_writes_the_summary_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "expert.json"
     assert main(["sim", "expert", "--episodes", "2", "--seed", "0", "--json", str(out)]) == 0
     summary = json.loads(out.read_text())
-    assert set(summary) == {"episodes", "successes", "success_rate", "ci95", "mean_duration_s"}
-    assert summary["episodes"] == 2 and summary["successes"] == 2
+    assert set(summary) == {"episodes", "successes", "success_rate", "ci95", "mean_duration_s", "failures"}
+    assert summary["episodes"] == 2 and summary["successes"] == 2 and summary["failures"] == {}
     assert "2/2" in capsys.readouterr().out
 
 
