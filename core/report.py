@@ -103,7 +103,7 @@ class RehearsalReport:
             f"jitter p99 {_fmt(jit['p99'], '.2f')} ms |",
             f"| missed deadlines (period > 2× nominal) | {d['missed_deadlines']} |",
             f"| gate holds / e-stops | {d['gate_holds']} / {d['estops']} |",
-            f"| twin compute real-time factor | {_fmt(d['twin_compute_rtf'], '.1f')}× |",
+            f"| twin compute real-time factor | {_fmt(d['twin_compute_rtf'], '.1f', '×')} |",
             f"| failed episodes missed | {_failures(d['failures'])} |",
             "",
             "![outcomes and timing](report.png)",
@@ -159,5 +159,5 @@ def _failures(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in counts.items()) or "none"
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else format(value, spec) + unit
