@@ -80,9 +80,10 @@ def run_graph(nodes: list[NodeSpec], log_dir: Path, timeout: float | None = None
 
 class _Termination:
     """SIGTERM and SIGHUP stop the graph as Ctrl-C does: the nodes run in their own sessions,
-    so without this a ``kill`` or a closed terminal would leave them running."""
+    so without this a ``kill`` or a closed terminal would leave them running. SIGINT is handled
+    here too, so that a Ctrl-C while a node starts is deferred like the others."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self._defer = False

@@ -76,7 +76,7 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_terminating_tether_stops_every_node(tmp_path: Path, sig: signal.Signals) -> None:
     """The nodes run in their own sessions; `kill` (or a closed terminal) on tether must still stop them."""
     tether = subprocess.Popen([sys.executable, "-m", "tether.cli", "rehearse", "--episodes", "50",
