@@ -144,7 +144,7 @@ def _policy_model(model_dir: Path | None, joints: list[str], cameras: dict[str, 
                           f"sizes {sizes}")
     if sizes and camera_size and tuple(camera_size) != sizes[0]:
         raise TetherError(f"--camera-size {camera_size[0]} {camera_size[1]} differs from the model's image size "
-                          f"{sizes[0][0]} {sizes[0][1]}; leave it out with --source policy")
+                          f"{sizes[0][0]} {sizes[0][1]}; leave it out when a policy drives")
     w, h = sizes[0] if sizes else tuple(camera_size or (0, 0))
     return str(folder), (w, h)
 
@@ -188,10 +188,16 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--device", default="expert",
                    help="expert: the scripted expert alone; replay: a replayed human takes over mid-episode; "
                         "keyboard (this terminal), gamepad (evdev), spacemouse (hidapi), leader (a leader arm's "
-                        "joint states on /leader/joint_states): the expert drives until you take over")
+                        "joint states on /leader/joint_states): the autonomous source drives until you take over")
     c.add_argument("--device-path", default="",
                    help="gamepad: /dev/input/eventN, spacemouse: a hidraw path (default: the first found)")
     c.add_argument("--takeover-after", type=float, default=2.0, help="replay: seconds into each episode")
+    c.add_argument("--autonomous", default="expert", choices=("expert", "policy"),
+                   help="who drives until the device takes over; policy: record corrections of a learned "
+                        "policy (its own commands are labelled control_source=policy and are not trained on)")
+    c.add_argument("--policy", type=Path, default=None, metavar="MODEL_DIR",
+                   help="with --autonomous policy: the model folder (default: the shipped model); the twin's "
+                        "cameras render at the model's image size")
     c.add_argument("--linger", type=float, default=0.0,
                    help="seconds to keep recording after success, so demos hold the release and retreat")
     c.add_argument("--episodes", type=int, default=20)
@@ -213,12 +219,19 @@ def _collect(a: argparse.Namespace) -> int:
     profile = load_profile(a.robot)
     get_task(a.task)
     w, h = a.camera_size or (0, 0)
+    model = ""
+    if a.autonomous == "policy":
+        cameras = {c.name: (c.width, c.height) for c in profile.cameras}
+        model, (w, h) = _policy_model(a.policy, profile.joint_names, cameras, a.camera_size)
+    elif a.policy is not None:
+        raise TetherError("--policy is for --autonomous policy (the expert drives otherwise)")
     report = a.report or a.out.with_name(a.out.name + "_report")
     args = CollectArgs(
         robot=a.robot, task=a.task, device=a.device, episodes=a.episodes, seed=a.seed,
         dataset=str(a.out.resolve()), report=str(report.resolve()), camera_width=w, camera_height=h,
         episode_timeout=a.episode_timeout, takeover_after=a.takeover_after, mcap_images=a.mcap_images,
         linger_s=a.linger, device_path=_check_device(a.device, a.device_path, profile),
+        autonomous=a.autonomous, policy=model,
     )
     code = _run("collect", collect_graph(args), report, 60.0 + a.episodes * (a.episode_timeout + a.linger + 20.0))
     if code != 0:

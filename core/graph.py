@@ -155,11 +155,16 @@ class CollectArgs:
     # Raw camera images in the MCAP log too: ~3.3 GB/min at 2x640x480x30 fps, and on 2 cores the
     # control loop then slows (13/20 expert successes measured); the dataset's videos hold them anyway.
     mcap_images: bool = False
+    # Who drives until the device takes over: "expert", or "policy" (HG-DAgger-style corrections:
+    # the policy's own commands are recorded with control_source "policy" and are not trained on).
+    autonomous: str = "expert"
+    policy: str = ""  # autonomous "policy": its model folder ("": the model shipped with the repo)
 
 
-# expert: the scripted expert drives alone. replay: the expert drives, then a replayed human takes
-# over ``takeover_after`` seconds into each episode (labelled interventions, end to end).
-# keyboard, gamepad, spacemouse, leader: the expert drives until a person takes over on the device.
+# expert: no device; the autonomous source (the expert, or a policy) drives alone. replay: the
+# autonomous source drives, then the scripted expert, standing in for a human, takes over
+# ``takeover_after`` seconds into each episode (labelled interventions, end to end).
+# keyboard, gamepad, spacemouse, leader: the autonomous source drives until a person takes over.
 DEVICES = ("expert", "replay", "keyboard", "gamepad", "spacemouse", "leader")
 
 
@@ -167,11 +172,13 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
     """Rehearsal's loop plus the recorder: every episode lands in a LeRobotDataset v3."""
     if a.device not in DEVICES:
         raise TetherError(f"unknown device '{a.device}'; devices: {', '.join(DEVICES)}")
+    if a.autonomous not in SOURCES:
+        raise TetherError(f"unknown autonomous source '{a.autonomous}'; sources: {', '.join(SOURCES)}")
     base = rehearsal_graph(
         RehearsalArgs(
-            robot=a.robot, task=a.task, source="expert", episodes=a.episodes, seed=a.seed, report=a.report,
+            robot=a.robot, task=a.task, source=a.autonomous, episodes=a.episodes, seed=a.seed, report=a.report,
             camera_width=a.camera_width, camera_height=a.camera_height, episode_timeout=a.episode_timeout,
-            gate_rate_hz=a.gate_rate_hz, video_episodes=0,
+            gate_rate_hz=a.gate_rate_hz, video_episodes=0, policy=a.policy,
         )
     )
     # Images never cross a process: the recorder shares the twin's process (on a robot, the cameras').
@@ -180,7 +187,7 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
         "recorder_node",
         "recorder",
         {"robot": a.robot, "dataset": a.dataset, "camera_width": a.camera_width, "camera_height": a.camera_height,
-         "autonomous_source": "expert", "log_images": a.mcap_images},
+         "autonomous_source": a.autonomous, "log_images": a.mcap_images},
         process="sim_station",
     )
     teleop: dict[str, ParamValue] = {"robot": a.robot, "device": a.device, "takeover_after": a.takeover_after}

@@ -59,12 +59,18 @@ class BatchSource:
         bounds = np.cumsum([0] + [len(e) for e in eps])
         self.start = torch.from_numpy(np.repeat(bounds[:-1], [len(e) for e in eps]))
         self.stop = torch.from_numpy(np.repeat(bounds[1:], [len(e) for e in eps]))
+        # Samples start only where the action is demonstrated (a policy's own rollout frames are context).
+        targets = np.concatenate([e.targets for e in eps]) if eps else np.zeros(0, bool)
+        self.samples = torch.from_numpy(np.flatnonzero(targets))
         self.n_obs, self.chunk, self.norms, self.device, self.shift_px = n_obs, chunk, norms, device, shift_px
 
     def __len__(self) -> int:
-        return len(self.state)
+        """Samples: the frames a chunk may start at."""
+        return len(self.samples)
 
-    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def batch(self, sample: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Sample numbers in [0, len(self)) -> their observation history and action chunk."""
+        idx = self.samples[sample]
         obs_idx = torch.maximum(idx[:, None] - torch.arange(self.n_obs - 1, -1, -1)[None], self.start[idx, None])
         act_idx = idx[:, None] + torch.arange(self.chunk)[None]
         pad = act_idx >= self.stop[idx, None]

@@ -24,6 +24,10 @@ from tether.teleop.dataset.validate import read_episodes
 STATE = "observation.state"
 ACTION = "action"
 IMAGE_PREFIX = "observation.images."
+CONTROL_SOURCE = "control_source"
+# A frame whose command came from a learned policy is a rollout, not a demonstration: its action is
+# what is being corrected, so training never aims at it (HG-DAgger keeps only the corrections).
+NOT_DEMONSTRATED = "policy"
 
 
 @dataclass
@@ -33,9 +37,15 @@ class Episode:
     state: np.ndarray  # [T, D] float32
     action: np.ndarray  # [T, D] float32
     images: dict[str, np.ndarray]  # camera -> [T, H, W, 3] uint8
+    demonstrated: np.ndarray | None = None  # [T] bool: the action is a demonstration (None: all are)
 
     def __len__(self) -> int:
         return len(self.state)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Frames whose actions training may aim at."""
+        return np.ones(len(self), bool) if self.demonstrated is None else self.demonstrated
 
 
 @dataclass
@@ -53,6 +63,10 @@ class DemoSet:
     @property
     def frames(self) -> int:
         return sum(len(e) for e in self.episodes)
+
+    @property
+    def demonstrated_frames(self) -> int:
+        return sum(int(e.targets.sum()) for e in self.episodes)
 
 
 def read_info(root: Path) -> dict[str, Any]:
@@ -76,6 +90,7 @@ def load_demos(root: Path | str, *, image_size: tuple[int, int] | None = None, o
     """Decode the chosen episodes; ``image_size`` (H, W) resizes frames while decoding.
 
     With ``only_success``, episodes recorded as failures are left out (unknown outcomes stay).
+    Episodes in which a policy drove throughout (no demonstrated action) are left out too.
     """
     root = Path(root)
     info = read_info(root)
@@ -101,6 +116,10 @@ def load_demos(root: Path | str, *, image_size: tuple[int, int] | None = None, o
         loaded.append(_episode(root, info, row, cameras, tables, file_starts, videos))
         if progress is not None:
             progress(i + 1, len(rows))
+    loaded = [e for e in loaded if e.targets.any()]  # a policy's rollout that nobody corrected
+    if not loaded:
+        raise DatasetError(f"{root}: every chosen episode is a policy's own rollout (control_source=policy); "
+                           "no demonstrated actions to train on")
     names = list(info["features"][STATE]["names"] or [])
     return DemoSet(root, float(info["fps"]), str(info.get("robot_type") or ""), names, cameras, size, loaded)
 
@@ -134,14 +153,20 @@ def _episode(root: Path, info: dict[str, Any], row: dict[str, Any], cameras: lis
     key = (row["data/chunk_index"], row["data/file_index"])
     if key not in tables:
         path = root / info["data_path"].format(chunk_index=key[0], file_index=key[1])
-        tables[key] = pq.read_table(path, columns=["episode_index", "frame_index", STATE, ACTION])
+        columns = ["episode_index", "frame_index", STATE, ACTION]
+        if CONTROL_SOURCE in pq.read_schema(path).names:  # ours; other LeRobot datasets lack it
+            columns.append(CONTROL_SOURCE)
+        tables[key] = pq.read_table(path, columns=columns)
     table = tables[key]
     start, stop = row["dataset_from_index"], row["dataset_to_index"]
     part = table.slice(start - file_starts[key], stop - start)
     state = np.asarray(part.column(STATE).to_pylist(), dtype=np.float32)
     action = np.asarray(part.column(ACTION).to_pylist(), dtype=np.float32)
     images = {cam: _segment(root, info, row, cam, len(state), videos) for cam in cameras}
-    return Episode(int(row["episode_index"]), row.get("success"), state, action, images)
+    demonstrated = None
+    if CONTROL_SOURCE in part.column_names:
+        demonstrated = np.array([s != NOT_DEMONSTRATED for s in part.column(CONTROL_SOURCE).to_pylist()])
+    return Episode(int(row["episode_index"]), row.get("success"), state, action, images, demonstrated)
 
 
 class _VideoCache:

@@ -103,7 +103,7 @@ def split_episodes(indices: list[int], fraction: float, seed: int) -> tuple[list
 
 def normalization(policy: str, demos: DemoSet) -> dict[str, Affine]:
     state = np.concatenate([e.state for e in demos.episodes])
-    action = np.concatenate([e.action for e in demos.episodes])
+    action = np.concatenate([e.action[e.targets] for e in demos.episodes])  # what the policy will output
     act_norm = min_max(action) if policy == "diffusion" else mean_std(action)
     return {STATE: mean_std(state), ACTION: act_norm, "images": image_stats(demos)}
 

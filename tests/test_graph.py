@@ -34,6 +34,17 @@ def test_unknown_sources_and_devices_list_the_valid_ones() -> None:
         rehearsal_graph(dataclasses.replace(RehearsalArgs(), source="ghost"))
     with pytest.raises(TetherError, match="devices: expert, replay"):
         collect_graph(dataclasses.replace(CollectArgs(), device="ghost"))
+    with pytest.raises(TetherError, match="sources: expert, policy"):
+        collect_graph(dataclasses.replace(CollectArgs(), autonomous="ghost"))
+
+
+def test_collect_can_let_a_policy_drive_until_the_human_takes_over() -> None:
+    nodes = {n.name: n for n in collect_graph(CollectArgs(device="replay", autonomous="policy", policy="models/m"))}
+    assert nodes["policy"].executable == "policy_node" and nodes["policy"].parameters["model_dir"] == "models/m"
+    assert "expert" not in nodes and nodes["teleop"].parameters["device"] == "replay"
+    assert nodes["gate"].parameters["active_source"] == "policy"
+    assert nodes["session"].parameters["source"] == "policy"  # the session resets the policy each episode
+    assert nodes["recorder"].parameters["autonomous_source"] == "policy"  # its frames are labelled as rollouts
 
 
 def test_policy_source_takes_the_model_and_replan_rate() -> None:

@@ -31,8 +31,13 @@ def state_of(ep: int, i: int, joints: int) -> np.ndarray:
     return (np.linspace(-1, 1, joints) * 0.3 + 0.1 * ep + i / 50).astype(np.float32)
 
 
-def write_demos(root: Path, profile: RobotProfile, lengths: list[int], failed: tuple[int, ...] = ()) -> Path:
-    """Episode e has ``lengths[e]`` frames; action = next state; episodes in ``failed`` end as failures."""
+def write_demos(root: Path, profile: RobotProfile, lengths: list[int], failed: tuple[int, ...] = (),
+                takeover: dict[int, int] | None = None) -> Path:
+    """Episode e has ``lengths[e]`` frames; action = next state; episodes in ``failed`` end as failures.
+
+    In an episode of ``takeover`` {episode: frame}, a policy drives until that frame, a human after it.
+    """
+    takeover = takeover or {}
     spec = DatasetSpec.from_profile(profile, fps=FPS, image_size=SIZE)
     ns = 1_700_000_000_000_000_000
     with DatasetWriter.create(root, spec) as writer:
@@ -42,7 +47,9 @@ def write_demos(root: Path, profile: RobotProfile, lengths: list[int], failed: t
                 ns += 100_000_000
                 state = state_of(ep, i, len(spec.joint_names))
                 images = {c: np.full((*SIZE, 3), shade(ep, i, k), np.uint8) for k, c in enumerate(spec.cameras)}
-                writer.add_frame(state, state_of(ep, i + 1, len(spec.joint_names)), images, ns, False, "expert",
-                                 "autonomous")
+                human = ep in takeover and i >= takeover[ep]
+                source = ("human" if human else "policy") if ep in takeover else "expert"
+                writer.add_frame(state, state_of(ep, i + 1, len(spec.joint_names)), images, ns, human, source,
+                                 "correction" if human else "autonomous")
             writer.end_episode(success=ep not in failed)
     return root

@@ -11,6 +11,7 @@ import torch
 from tether.errors import DatasetError, DatasetLayoutError
 from tether.policy_runtime.batches import Affine, BatchSource, min_max, random_shift
 from tether.policy_runtime.dataset import load_demos
+from tether.policy_runtime.train import normalization
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +49,15 @@ def test_not_a_dataset_or_nothing_to_train_on_is_a_clear_error(tmp_path: Path, d
         load_demos(demos_root, episodes=[1])  # episode 1 failed
 
 
+def identity_norms(joints: int = 6) -> dict[str, Affine]:
+    ident = Affine([0.0] * joints, [1.0] * joints)
+    return {"observation.state": ident, "action": ident, "images": Affine([0.0] * 3, [1.0] * 3)}
+
+
 def test_batch_pads_actions_past_the_episode_end(demos_root: Path, demo_data) -> None:
     state_of, size = demo_data.state_of, demo_data.SIZE
     demos = load_demos(demos_root, only_success=False)
-    ident = Affine([0.0] * 6, [1.0] * 6)
-    src = BatchSource(demos, n_obs=2, chunk=5, norms={"observation.state": ident, "action": ident,
-                                                       "images": Affine([0.0] * 3, [1.0] * 3)},
-                      device=torch.device("cpu"))
+    src = BatchSource(demos, n_obs=2, chunk=5, norms=identity_norms(), device=torch.device("cpu"))
     last_of_first = torch.tensor([10, 0])  # frame 10 of episode 0 (12 frames), and its very first frame
     b = src.batch(last_of_first)
     assert b["action_is_pad"][0].tolist() == [False, False, True, True, True]
@@ -79,3 +82,31 @@ def test_random_shift_moves_content_by_at_most_pad() -> None:
     for img in out[:, 0, 0]:
         r, c = divmod(int(img.argmax()), 8)
         assert abs(r - 4) <= 2 and abs(c - 4) <= 2 and img.sum() == 1.0
+
+
+@pytest.fixture(scope="module")
+def corrected_root(tmp_path_factory: pytest.TempPathFactory, so101, demo_data) -> Path:
+    """Episode 0: an expert demo. 1: a policy drives 6 frames, then a human corrects. 2: the policy alone."""
+    return demo_data.write_demos(tmp_path_factory.mktemp("corrected") / "ds", so101, [8, 10, 7],
+                                 takeover={1: 6, 2: 99})
+
+
+def test_a_policys_own_actions_are_context_never_targets(corrected_root: Path, demo_data) -> None:
+    state_of = demo_data.state_of
+    demos = load_demos(corrected_root)
+    assert [e.index for e in demos.episodes] == [0, 1]  # nobody corrected episode 2: nothing to learn
+    assert demos.episodes[1].targets.tolist() == [False] * 6 + [True] * 4
+    src = BatchSource(demos, n_obs=2, chunk=3, norms=identity_norms(), device=torch.device("cpu"))
+    assert len(src) == demos.demonstrated_frames == 8 + 4
+    b = src.batch(torch.arange(len(src)))
+    wanted = [state_of(0, i + 1, 6) for i in range(8)] + [state_of(1, i + 1, 6) for i in range(6, 10)]
+    np.testing.assert_allclose(b["action"][:, 0].numpy(), np.array(wanted), atol=1e-6)
+    # The first corrected frame still sees the policy's last frame as its history.
+    np.testing.assert_allclose(b["observation.state"][8, 0].numpy(), state_of(1, 5, 6), atol=1e-6)
+    # Actions are normalized for what the policy will output: the demonstrated ones.
+    np.testing.assert_allclose(normalization("act", demos)["action"].mean, np.mean(wanted, 0), atol=1e-5)
+
+
+def test_only_uncorrected_rollouts_is_a_clear_error(corrected_root: Path) -> None:
+    with pytest.raises(DatasetError, match="policy's own rollout"):
+        load_demos(corrected_root, episodes=[2])

@@ -106,8 +106,8 @@ def test_declared_io_must_follow_the_contract_and_the_graph(model: Path, fx) -> 
         PolicyRuntime.load(model)
 
 
-def _rehearse_nodes(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> tuple[int, list]:
-    """Run `tether rehearse` up to the graph it would start (no processes)."""
+def _rehearse_nodes(monkeypatch: pytest.MonkeyPatch, argv: list[str], command: str = "rehearse") -> tuple[int, list]:
+    """Run `tether rehearse` (or ``command``) up to the graph it would start (no processes)."""
     from tether import cli
 
     captured: list = []
@@ -117,7 +117,25 @@ def _rehearse_nodes(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> tuple[i
         return 1
 
     monkeypatch.setattr(cli, "_run", fake_run)
-    return cli.main(["rehearse", *argv]), captured
+    return cli.main([command, *argv]), captured
+
+
+def test_collect_with_a_policy_driving_records_at_the_models_image_size(model: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["--autonomous", "policy", "--policy", str(model), "--device", "replay", "--out", str(tmp_path / "ds")]
+    code, nodes = _rehearse_nodes(monkeypatch, argv, command="collect")
+    assert code == 1
+    by_name = {n.name: n for n in nodes}
+    for name in ("twin", "recorder"):
+        assert (by_name[name].parameters["camera_width"], by_name[name].parameters["camera_height"]) == (16, 12)
+    assert by_name["policy"].parameters["model_dir"] == str(model.resolve())
+
+
+def test_collect_refuses_a_policy_the_expert_would_ignore(model: Path, tmp_path: Path, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    code, nodes = _rehearse_nodes(monkeypatch, ["--policy", str(model), "--out", str(tmp_path / "ds")], "collect")
+    assert code == 2 and nodes == []
+    assert "--policy is for --autonomous policy" in capsys.readouterr().err
 
 
 def test_rehearse_with_a_policy_renders_the_twin_at_the_models_image_size(model: Path, tmp_path: Path,

@@ -157,3 +157,21 @@ def test_linger_keeps_recording_after_success(tmp_path: Path) -> None:
     to_success = report["episode_detail"][0]["duration_s"]  # wall time to success, linger excluded
     frames = pq.read_table(next(out.glob("data/chunk-*/file-*.parquet"))).num_rows
     assert frames / 30.0 >= to_success + 1.2  # 30 fps; 1.5 s of linger less the first frame's wait
+
+
+def test_corrections_of_a_policy_are_recorded_as_rollout_then_demonstration(tmp_path: Path) -> None:
+    """HG-DAgger-style: the shipped policy drives, the replayed human corrects; training aims only at the correction."""
+    from tether.policy_runtime.dataset import load_demos
+
+    out = tmp_path / "dataset"
+    code = main(["collect", "--autonomous", "policy", "--device", "replay", "--takeover-after", "1.5",
+                 "--episodes", "1", "--seed", "7", "--out", str(out), "--report", str(tmp_path / "report")])
+    assert code == 0 and validate(out) == []
+    data = pq.read_table(next(out.glob("data/chunk-*/file-*.parquet"))).to_pydict()
+    labels = np.array(data["intervention"])
+    first = int(np.argmax(labels))
+    assert 0 < first and labels[first:].all()
+    assert set(np.array(data["control_source"])[:first]) == {"policy"}  # the policy's own commands
+    assert set(np.array(data["control_source"])[first:]) == {"human"}
+    episode = load_demos(out, only_success=False).episodes[0]
+    assert episode.targets.tolist() == labels.tolist()
