@@ -15,7 +15,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--policy", choices=POLICY_CHOICES, required=True)
     t.add_argument("--dataset", type=Path, help="a local LeRobot v3 dataset folder (not needed with --resume)")
     t.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, metrics, loss.png")
-    t.add_argument("--size", choices=("cpu", "paper"), default="cpu", help="model size preset")
+    t.add_argument("--size", choices=("cpu", "paper"), help="model size preset (default cpu)")
     t.add_argument("--steps", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -27,6 +27,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a policy config field, e.g. --set chunk_length=30 (JSON values)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument("--init-from", type=Path, metavar="RUN",
+                   help="fine-tune: a new run that starts at RUN's latest weights, keeping its architecture, "
+                        "image size and normalization")
     t.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores; 1 leaves a core free)")
     t.set_defaults(func=_train)
@@ -55,6 +58,9 @@ def _train(a: argparse.Namespace) -> int:
 
     if not a.resume and a.dataset is None:
         raise TetherError("tether train: --dataset is required for a new run")
+    if a.init_from is not None and (a.resume or a.size or a.set or a.image_size):
+        raise TetherError("tether train: --init-from takes the architecture and image size from that run; "
+                          "leave out --resume, --size, --set and --image-size")
     base = tr.default_train_config(a.policy)
     chosen = {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
               "image_size": a.image_size, "checkpoint_every": a.checkpoint_every, "val_every": a.val_every}
@@ -66,8 +72,8 @@ def _train(a: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
-    run = tr.train(a.policy, a.dataset, a.out, config=config, size=a.size, overrides=_overrides(a.set),
-                   resume=a.resume, device=a.device)
+    run = tr.train(a.policy, a.dataset, a.out, config=config, size=a.size or "cpu", overrides=_overrides(a.set),
+                   resume=a.resume, init_from=a.init_from, device=a.device)
     print(f"run: {run}  (loss plot: {run / 'loss.png'}; export with `tether export {run} --out MODEL_DIR`)")
     return 0
 

@@ -77,6 +77,7 @@ class RunSpec:
     normalization: dict[str, Affine]
     train_episodes: list[int]
     val_episodes: list[int]
+    init_from: str = ""  # fine-tuning: the checkpoint the weights started from ("": from scratch)
 
     def build_model(self) -> models.PolicyModel:
         cfg = from_dict(models.CONFIGS[self.policy], self.policy_config, f"{RUN_FILE}.policy_config")
@@ -199,6 +200,14 @@ class Trainer:
         _write_atomic(self.out / "checkpoints" / "latest", folder.name)
         return folder
 
+    def start_from(self, folder: Path) -> None:
+        """Fine-tuning: begin at another run's checkpoint weights (its optimizer state is not taken)."""
+        weights = load_file(str(folder / "model.safetensors"), device=str(self.device))
+        self.model.load_state_dict(weights)
+        if self.ema is not None:
+            ema = folder / "ema.safetensors"
+            self.ema.load_state_dict(load_file(str(ema), device=str(self.device)) if ema.is_file() else weights)
+
     def resume(self) -> None:
         folder = latest_checkpoint(self.out)
         self.model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(self.device)))
@@ -275,6 +284,27 @@ def new_run(policy: str, dataset: Path, train: TrainConfig, size: str, overrides
     return spec, demos
 
 
+def fine_tune_run(policy: str, init: Path, dataset: Path, train: TrainConfig,
+                  progress: bool) -> tuple[RunSpec, DemoSet]:
+    """A new run on ``dataset`` that keeps ``init``'s architecture, image size and normalization.
+
+    The normalization stays: the weights were learned against it, and the deployed model ships it.
+    """
+    base = load_run(init)
+    if base.policy != policy:
+        raise TrainError(f"{init} is a '{base.policy}' run; it cannot start a '{policy}' run (--policy {base.policy})")
+    train = dataclasses.replace(train, image_size=base.train.image_size)
+    demos = _load(dataset, train.image_size, train.only_success, None, progress)
+    for what, ours, theirs in (("joints", demos.joint_names, base.joint_names), ("cameras", demos.cameras, base.cameras)):
+        if ours != theirs:
+            raise TrainError(f"{dataset} has {what} {ours}, but {init} was trained on {theirs}")
+    train_eps, val_eps = split_episodes([e.index for e in demos.episodes], train.val_fraction, train.seed)
+    start = latest_checkpoint(init)
+    spec = RunSpec(policy, base.policy_config, train, str(dataset), demos.robot, demos.fps, demos.joint_names,
+                   demos.cameras, base.image_size, base.normalization, train_eps, val_eps, init_from=str(start))
+    return spec, demos
+
+
 def _load(dataset: Path, image_size: int, only_success: bool, episodes: list[int] | None,
           progress: bool) -> DemoSet:
     with tqdm(desc="decode episodes", unit="ep", disable=not progress) as bar:
@@ -287,8 +317,11 @@ def _load(dataset: Path, image_size: int, only_success: bool, episodes: list[int
 
 def train(policy: str, dataset: Path | str, out: Path | str, *, config: TrainConfig | None = None,
           size: str = "cpu", overrides: dict[str, Any] | None = None, resume: bool = False,
-          device: str | None = None, progress: bool = True) -> Path:
-    """Train (or resume) a run; returns the run folder. Checkpoints every ``checkpoint_every`` steps."""
+          init_from: Path | str | None = None, device: str | None = None, progress: bool = True) -> Path:
+    """Train (or resume) a run; returns the run folder. Checkpoints every ``checkpoint_every`` steps.
+
+    ``init_from`` (a run folder) fine-tunes: the new run starts at that run's latest weights.
+    """
     out = Path(out)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if resume:
@@ -300,14 +333,21 @@ def train(policy: str, dataset: Path | str, out: Path | str, *, config: TrainCon
     else:
         if (out / RUN_FILE).exists():
             raise TrainError(f"{out}: a run already exists; pass --resume to continue it, or choose another --out")
-        spec, demos = new_run(policy, Path(dataset), config or default_train_config(policy), size,
-                              overrides or {}, progress)
+        config = config or default_train_config(policy)
+        if init_from is not None and overrides:
+            raise TrainError(f"the architecture comes from {init_from}; overrides {sorted(overrides)} cannot change it")
+        if init_from is not None:
+            spec, demos = fine_tune_run(policy, Path(init_from), Path(dataset), config, progress)
+        else:
+            spec, demos = new_run(policy, Path(dataset), config, size, overrides or {}, progress)
         out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / RUN_FILE, json.dumps(dataclasses.asdict(spec), indent=2))
     trainer = Trainer(out, spec, demos, dev)
     if resume:
         trainer.resume()
         _drop_metrics_after(out / "metrics.jsonl", trainer.step)
+    elif spec.init_from:
+        trainer.start_from(Path(spec.init_from))
     _loop(trainer, progress)
     return out
 

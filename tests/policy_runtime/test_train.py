@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -53,3 +54,28 @@ def test_an_existing_run_is_not_overwritten(dataset: Path, tmp_path: Path, demo_
         tr.train("act", dataset, run, config=CONFIG, overrides=demo_data.TINY["act"], progress=False)
     with pytest.raises(TrainError, match="not a training run"):
         tr.load_run(tmp_path)
+
+
+@pytest.mark.parametrize("policy", ["act", "diffusion"])
+def test_fine_tuning_starts_at_the_init_runs_weights_and_keeps_its_normalization(
+        policy: str, dataset: Path, tmp_path: Path, so101, demo_data) -> None:
+    base = tr.train(policy, dataset, tmp_path / "base", config=CONFIG, overrides=demo_data.TINY[policy],
+                    progress=False)
+    corrections = demo_data.write_demos(tmp_path / "corrections", so101, [10, 12, 8], takeover={0: 4, 1: 5})
+    still = dataclasses.replace(CONFIG, steps=1, lr=0.0, image_size=64)  # lr 0: the weights cannot move
+    tuned = tr.train(policy, corrections, tmp_path / "tuned", config=still, init_from=base, progress=False)
+    spec, base_spec = tr.load_run(tuned), tr.load_run(base)
+    assert spec.init_from.endswith("step_0000006") and spec.image_size == base_spec.image_size == [32, 32]
+    assert spec.normalization == base_spec.normalization  # not the corrections' own statistics
+    tuned_weights = tr.load_weights(tuned).state_dict()
+    for key, value in tr.load_weights(base).state_dict().items():
+        assert torch.equal(tuned_weights[key], value), key
+
+
+def test_fine_tuning_refuses_another_architecture(dataset: Path, tmp_path: Path, demo_data) -> None:
+    base = tr.train("act", dataset, tmp_path / "base", config=CONFIG, overrides=demo_data.TINY["act"], progress=False)
+    with pytest.raises(TrainError, match="is a 'act' run; it cannot start a 'diffusion' run"):
+        tr.train("diffusion", dataset, tmp_path / "d", config=CONFIG, init_from=base, progress=False)
+    with pytest.raises(TrainError, match="architecture comes from"):
+        tr.train("act", dataset, tmp_path / "a", config=CONFIG, overrides={"chunk_length": 8}, init_from=base,
+                 progress=False)
