@@ -5,7 +5,8 @@
 #   bash scripts/policy_e2e.sh [OUT] [EPISODES_PER_EVAL]
 #
 # Every step skips itself when its output exists, so a run can be resumed after Ctrl-C.
-# Step sizes are env vars: DEMOS (80), ACT_STEPS (7000), DIFFUSION_STEPS (3000), SEED.
+# Step sizes are env vars: DEMOS (80), ACT_STEPS (7000), DIFFUSION_STEPS (3000), CORRECTIONS (15),
+# DAGGER_STEPS (3000), SEED.
 # On the 2-core machine: collect ~10 min, ACT ~30 min, Diffusion ~30 min, each 50-episode rehearsal ~12 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ EVAL=${2:-50}
 DEMOS=${DEMOS:-80}
 ACT_STEPS=${ACT_STEPS:-7000}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-3000}
+CORRECTIONS=${CORRECTIONS:-15}  # corrected episodes per takeover time (4 times)
+DAGGER_STEPS=${DAGGER_STEPS:-3000}
 SEED=${SEED:-100}
 T=.venv/bin/tether
 make install
@@ -34,8 +37,24 @@ for policy in act diffusion; do
   [ -f "$OUT/${policy}_int8/manifest.json" ] || $T export "$OUT/$policy" --out "$OUT/${policy}_int8" --quantize int8
 done
 
+# 3b. Corrections (HG-DAgger): the ACT INT8 policy drives and the scripted expert corrects it,
+#     3/5/7/9 s into each episode; then ACT is fine-tuned on the demos plus the corrections.
+[ -d "$OUT/dagger" ] || cp -r "$OUT/demos" "$OUT/dagger"
+for t in 3 5 7 9; do
+  [ -f "$OUT/dagger_report_$t/report.json" ] || \
+    $T collect --robot so101 --task pick_place --autonomous policy --policy "$OUT/act_int8" --device replay \
+      --takeover-after "$t" --episodes "$CORRECTIONS" --seed $((7000 + t * 100)) --linger 1.0 --episode-timeout 24 \
+      --out "$OUT/dagger" --report "$OUT/dagger_report_$t"
+done
+$T dataset validate "$OUT/dagger"
+[ -f "$OUT/act_dagger/checkpoints/latest" ] || \
+  OMP_WAIT_POLICY=PASSIVE $T train --policy act --dataset "$OUT/dagger" --out "$OUT/act_dagger" --init-from "$OUT/act" \
+    --steps "$DAGGER_STEPS" --seed 0 --threads 1
+[ -f "$OUT/act_dagger_fp32/manifest.json" ] || $T export "$OUT/act_dagger" --out "$OUT/act_dagger_fp32"
+[ -f "$OUT/act_dagger_int8/manifest.json" ] || $T export "$OUT/act_dagger" --out "$OUT/act_dagger_int8" --quantize int8
+
 # 4. Rehearse every model through the gate, on seeds no demonstration used.
-for model in act_fp32 act_int8 diffusion_fp32 diffusion_int8; do
+for model in act_fp32 act_int8 act_dagger_fp32 act_dagger_int8 diffusion_fp32 diffusion_int8; do
   [ -f "$OUT/eval_$model/report.json" ] || \
     $T rehearse --robot so101 --task pick_place --source policy --policy "$OUT/$model" \
       --episodes "$EVAL" --seed 5000 --episode-timeout 15 --report "$OUT/eval_$model" --video-episodes 2

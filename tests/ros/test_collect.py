@@ -164,7 +164,8 @@ def test_corrections_of_a_policy_are_recorded_as_rollout_then_demonstration(tmp_
     from tether.policy_runtime.dataset import load_demos
 
     out = tmp_path / "dataset"
-    code = main(["collect", "--autonomous", "policy", "--device", "replay", "--takeover-after", "1.5",
+    # 3 s: on a loaded machine the policy's first chunk can take over a second (no frames before it).
+    code = main(["collect", "--autonomous", "policy", "--device", "replay", "--takeover-after", "3",
                  "--episodes", "1", "--seed", "7", "--out", str(out), "--report", str(tmp_path / "report")])
     assert code == 0 and validate(out) == []
     data = pq.read_table(next(out.glob("data/chunk-*/file-*.parquet"))).to_pydict()
