@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # End to end in the twin: collect expert demos -> train ACT and Diffusion -> export fp32 and INT8
+# -> rounds of expert corrections of ACT (HG-DAgger), each followed by fine-tuning
 # -> rehearse each through the full ROS 2 graph -> one summary table.
 #
 #   bash scripts/policy_e2e.sh [OUT] [EPISODES_PER_EVAL]
 #
 # Every step skips itself when its output exists, so a run can be resumed after Ctrl-C.
 # Step sizes are env vars: DEMOS (80), ACT_STEPS (7000), DIFFUSION_STEPS (3000), CORRECTIONS (15),
-# DAGGER_STEPS (3000), SEED.
-# On the 2-core machine: collect ~10 min, ACT ~30 min, Diffusion ~30 min, each 50-episode rehearsal ~12 min.
+# DAGGER_ROUNDS (3), DAGGER_STEPS (3000), SEED.
+# On the 2-core machine: collect ~10 min, ACT ~30 min, Diffusion ~30 min, each corrections round
+# ~30 min (collect ~14, fine-tune ~15), each 50-episode rehearsal ~12 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/e2e}
@@ -15,7 +17,8 @@ EVAL=${2:-50}
 DEMOS=${DEMOS:-80}
 ACT_STEPS=${ACT_STEPS:-7000}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-3000}
-CORRECTIONS=${CORRECTIONS:-15}  # corrected episodes per takeover time (4 times)
+CORRECTIONS=${CORRECTIONS:-15}  # corrected episodes per takeover time (4 times a round)
+DAGGER_ROUNDS=${DAGGER_ROUNDS:-3}
 DAGGER_STEPS=${DAGGER_STEPS:-3000}
 SEED=${SEED:-100}
 T=.venv/bin/tether
@@ -37,28 +40,43 @@ for policy in act diffusion; do
   [ -f "$OUT/${policy}_int8/manifest.json" ] || $T export "$OUT/$policy" --out "$OUT/${policy}_int8" --quantize int8
 done
 
-# 3b. Corrections (HG-DAgger): the ACT INT8 policy drives and the scripted expert corrects it,
-#     3/5/7/9 s into each episode; then ACT is fine-tuned on the demos plus the corrections.
+# 3b. Corrections (HG-DAgger), round by round. In each round the latest ACT drives and the scripted
+#     expert corrects it (`collect --autonomous policy --device replay`) at four takeover times,
+#     CORRECTIONS episodes each. Corrections are appended to one dataset (it starts as a copy of the
+#     demos), and ACT is fine-tuned on all of it from the previous round's weights.
+#     Each round: the model that drives, takeover times (s), first seed, episode timeout (s).
+ROUNDS=(
+  "act_int8 3,5,7,9 7000 24"
+  "act_dagger_fp32 4,6,8,10 8000 25"
+  "act_dagger2_fp32 3,5,7,9 10000 25"
+)
 [ -d "$OUT/dagger" ] || cp -r "$OUT/demos" "$OUT/dagger"
-for t in 3 5 7 9; do
-  [ -f "$OUT/dagger_report_$t/report.json" ] || \
-    $T collect --robot so101 --task pick_place --autonomous policy --policy "$OUT/act_int8" --device replay \
-      --takeover-after "$t" --episodes "$CORRECTIONS" --seed $((7000 + t * 100)) --linger 1.0 --episode-timeout 24 \
-      --out "$OUT/dagger" --report "$OUT/dagger_report_$t"
+prev=act
+for r in $(seq 1 "$DAGGER_ROUNDS"); do
+  read -r driver takeovers seed timeout <<< "${ROUNDS[$((r - 1))]}"
+  tag=$([ "$r" = 1 ] || echo "$r")
+  for t in ${takeovers//,/ }; do
+    [ -f "$OUT/dagger${tag}_report_$t/report.json" ] || \
+      $T collect --robot so101 --task pick_place --autonomous policy --policy "$OUT/$driver" --device replay \
+        --takeover-after "$t" --episodes "$CORRECTIONS" --seed $((seed + t * 100)) --linger 1.0 \
+        --episode-timeout "$timeout" --out "$OUT/dagger" --report "$OUT/dagger${tag}_report_$t"
+  done
+  $T dataset validate "$OUT/dagger"
+  run="act_dagger$tag"
+  [ -f "$OUT/$run/checkpoints/latest" ] || \
+    OMP_WAIT_POLICY=PASSIVE $T train --policy act --dataset "$OUT/dagger" --out "$OUT/$run" --init-from "$OUT/$prev" \
+      --steps "$DAGGER_STEPS" --seed 0 --threads 1
+  [ -f "$OUT/${run}_fp32/manifest.json" ] || $T export "$OUT/$run" --out "$OUT/${run}_fp32"
+  [ -f "$OUT/${run}_int8/manifest.json" ] || $T export "$OUT/$run" --out "$OUT/${run}_int8" --quantize int8
+  prev=$run
 done
-$T dataset validate "$OUT/dagger"
-[ -f "$OUT/act_dagger/checkpoints/latest" ] || \
-  OMP_WAIT_POLICY=PASSIVE $T train --policy act --dataset "$OUT/dagger" --out "$OUT/act_dagger" --init-from "$OUT/act" \
-    --steps "$DAGGER_STEPS" --seed 0 --threads 1
-[ -f "$OUT/act_dagger_fp32/manifest.json" ] || $T export "$OUT/act_dagger" --out "$OUT/act_dagger_fp32"
-[ -f "$OUT/act_dagger_int8/manifest.json" ] || $T export "$OUT/act_dagger" --out "$OUT/act_dagger_int8" --quantize int8
 
 # 4. Rehearse every model through the gate, on seeds no demonstration used.
-for model in act_fp32 act_int8 act_dagger_fp32 act_dagger_int8 diffusion_fp32 diffusion_int8; do
+for model in act_fp32 act_int8 "${prev}_fp32" "${prev}_int8" diffusion_fp32 diffusion_int8; do
   [ -f "$OUT/eval_$model/report.json" ] || \
     $T rehearse --robot so101 --task pick_place --source policy --policy "$OUT/$model" \
       --episodes "$EVAL" --seed 5000 --episode-timeout 15 --report "$OUT/eval_$model" --video-episodes 2
 done
 
 # 5. Inference benchmark (eager vs ONNX fp32 vs INT8) plus the rehearsal figures above.
-$T bench policy --act "$OUT/act" --diffusion "$OUT/diffusion" --json "$OUT/bench_policy.json"
+$T bench policy --act "$OUT/$prev" --diffusion "$OUT/diffusion" --json "$OUT/bench_policy.json"
