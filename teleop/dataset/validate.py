@@ -274,7 +274,7 @@ def info(root: Path | str) -> str:
     fps, frames = int(meta["fps"]), int(meta["total_frames"])
     cams = [k.split(".")[-1] + f" {ft['shape'][1]}x{ft['shape'][0]}" for k, ft in meta["features"].items() if ft["dtype"] == "video"]
     known = [r["success"] for r in episodes if r.get("success") is not None]
-    rate = f"{sum(known)}/{len(known)} ({100 * sum(known) / len(known):.0f}%)" if known else "n/a"
+    rate = f"{sum(known)}/{len(known)} ({100 * sum(known) / len(known):.1f}%)" if known else "n/a"
     interventions = sum(int(r.get("intervention_frames") or 0) for r in episodes)
     with_int = sum(1 for r in episodes if r.get("intervention_frames"))
     truncated = sum(1 for r in episodes if r.get("truncated"))
