@@ -6,10 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tether.errors import TetherError
 from tether.graph import NodeSpec
 from tether.policy_runtime.commands import add_export, add_train
+
+if TYPE_CHECKING:
+    from tether.robot_profile import RobotProfile
 
 
 def _add_sim(sub: argparse._SubParsersAction) -> None:
@@ -103,8 +107,7 @@ def _rehearse(a: argparse.Namespace) -> int:
     w, h = a.camera_size or (0, 0)
     model = ""
     if a.source == "policy":
-        cameras = {c.name: (c.width, c.height) for c in profile.cameras}
-        model, (w, h) = _policy_model(a.policy, profile.joint_names, cameras, a.camera_size)
+        model, (w, h) = _policy_model(a.policy, profile, a.camera_size)
     elif a.policy is not None or a.replan_hz:
         raise TetherError(f"--policy and --replan-hz are for --source policy (the source is '{a.source}')")
     if a.replan_hz < 0:
@@ -129,7 +132,7 @@ def _rehearse(a: argparse.Namespace) -> int:
     return 0
 
 
-def _policy_model(model_dir: Path | None, joints: list[str], cameras: dict[str, tuple[int, int]],
+def _policy_model(model_dir: Path | None, profile: RobotProfile,
                   camera_size: list[int] | None) -> tuple[str, tuple[int, int]]:
     """(model folder, twin camera size): the model must fit the robot, and the twin renders at its image size."""
     from tether.policy_runtime.manifest import check_matches_profile, load_manifest
@@ -137,7 +140,7 @@ def _policy_model(model_dir: Path | None, joints: list[str], cameras: dict[str, 
 
     folder = resolve_model_dir(model_dir or "")
     manifest = load_manifest(folder)
-    check_matches_profile(manifest, joints, cameras)
+    check_matches_profile(manifest, profile.joint_names, {c.name: (c.width, c.height) for c in profile.cameras})
     sizes = sorted({(c.width, c.height) for c in manifest.cameras})
     if len(sizes) > 1:
         raise TetherError(f"{folder}: the twin renders every camera at one size, but the model's cameras have "
@@ -221,8 +224,7 @@ def _collect(a: argparse.Namespace) -> int:
     w, h = a.camera_size or (0, 0)
     model = ""
     if a.autonomous == "policy":
-        cameras = {c.name: (c.width, c.height) for c in profile.cameras}
-        model, (w, h) = _policy_model(a.policy, profile.joint_names, cameras, a.camera_size)
+        model, (w, h) = _policy_model(a.policy, profile, a.camera_size)
     elif a.policy is not None:
         raise TetherError("--policy is for --autonomous policy (the expert drives otherwise)")
     report = a.report or a.out.with_name(a.out.name + "_report")

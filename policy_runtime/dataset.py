@@ -15,6 +15,7 @@ from typing import Any
 
 import av
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tether.errors import DatasetError, DatasetLayoutError
@@ -37,15 +38,10 @@ class Episode:
     state: np.ndarray  # [T, D] float32
     action: np.ndarray  # [T, D] float32
     images: dict[str, np.ndarray]  # camera -> [T, H, W, 3] uint8
-    demonstrated: np.ndarray | None = None  # [T] bool: the action is a demonstration (None: all are)
+    targets: np.ndarray  # [T] bool: frames whose actions training may aim at (demonstrated ones)
 
     def __len__(self) -> int:
         return len(self.state)
-
-    @property
-    def targets(self) -> np.ndarray:
-        """Frames whose actions training may aim at."""
-        return np.ones(len(self), bool) if self.demonstrated is None else self.demonstrated
 
 
 @dataclass
@@ -113,10 +109,11 @@ def load_demos(root: Path | str, *, image_size: tuple[int, int] | None = None, o
     videos = _VideoCache(size, _spans(root, info, rows, cameras))
     loaded = []
     for i, row in enumerate(rows):
-        loaded.append(_episode(root, info, row, cameras, tables, file_starts, videos))
+        episode = _episode(root, info, row, cameras, tables, file_starts, videos)
+        if episode is not None:
+            loaded.append(episode)
         if progress is not None:
             progress(i + 1, len(rows))
-    loaded = [e for e in loaded if e.targets.any()]  # a policy's rollout that nobody corrected
     if not loaded:
         raise DatasetError(f"{root}: every chosen episode is a policy's own rollout (control_source=policy); "
                            "no demonstrated actions to train on")
@@ -149,7 +146,8 @@ def _wanted(row: dict[str, Any], only_success: bool, episodes: list[int] | None)
 
 def _episode(root: Path, info: dict[str, Any], row: dict[str, Any], cameras: list[str],
              tables: dict[tuple[int, int], Any],
-             file_starts: dict[tuple[int, int], int], videos: _VideoCache) -> Episode:
+             file_starts: dict[tuple[int, int], int], videos: _VideoCache) -> Episode | None:
+    """The episode's frames; None (nothing decoded) for a policy's rollout that nobody corrected."""
     key = (row["data/chunk_index"], row["data/file_index"])
     if key not in tables:
         path = root / info["data_path"].format(chunk_index=key[0], file_index=key[1])
@@ -162,11 +160,13 @@ def _episode(root: Path, info: dict[str, Any], row: dict[str, Any], cameras: lis
     part = table.slice(start - file_starts[key], stop - start)
     state = np.asarray(part.column(STATE).to_pylist(), dtype=np.float32)
     action = np.asarray(part.column(ACTION).to_pylist(), dtype=np.float32)
-    images = {cam: _segment(root, info, row, cam, len(state), videos) for cam in cameras}
-    demonstrated = None
+    targets = np.ones(len(state), bool)
     if CONTROL_SOURCE in part.column_names:
-        demonstrated = np.array([s != NOT_DEMONSTRATED for s in part.column(CONTROL_SOURCE).to_pylist()])
-    return Episode(int(row["episode_index"]), row.get("success"), state, action, images, demonstrated)
+        targets = pc.not_equal(part.column(CONTROL_SOURCE), NOT_DEMONSTRATED).to_numpy(zero_copy_only=False)
+    if not targets.any():
+        return None
+    images = {cam: _segment(root, info, row, cam, len(state), videos) for cam in cameras}
+    return Episode(int(row["episode_index"]), row.get("success"), state, action, images, targets)
 
 
 class _VideoCache:

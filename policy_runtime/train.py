@@ -277,11 +277,7 @@ def new_run(policy: str, dataset: Path, train: TrainConfig, size: str, overrides
     if overrides:
         policy_cfg = dataclasses.replace(policy_cfg, **overrides)
     demos = _load(dataset, train.image_size, train.only_success, None, progress)
-    train_eps, val_eps = split_episodes([e.index for e in demos.episodes], train.val_fraction, train.seed)
-    spec = RunSpec(policy, dataclasses.asdict(policy_cfg), train, str(dataset), demos.robot, demos.fps,
-                   demos.joint_names, demos.cameras, list(demos.image_size), normalization(policy, demos),
-                   train_eps, val_eps)
-    return spec, demos
+    return _run_spec(policy, dataclasses.asdict(policy_cfg), train, dataset, demos, normalization(policy, demos)), demos
 
 
 def fine_tune_run(policy: str, init: Path, dataset: Path, train: TrainConfig,
@@ -290,7 +286,7 @@ def fine_tune_run(policy: str, init: Path, dataset: Path, train: TrainConfig,
 
     The normalization stays: the weights were learned against it, and the deployed model ships it.
     """
-    base = load_run(init)
+    base, start = load_run(init), str(latest_checkpoint(init))  # before the slow decode: fail fast
     if base.policy != policy:
         raise TrainError(f"{init} is a '{base.policy}' run; it cannot start a '{policy}' run (--policy {base.policy})")
     train = dataclasses.replace(train, image_size=base.train.image_size)
@@ -298,11 +294,15 @@ def fine_tune_run(policy: str, init: Path, dataset: Path, train: TrainConfig,
     for what, ours, theirs in (("joints", demos.joint_names, base.joint_names), ("cameras", demos.cameras, base.cameras)):
         if ours != theirs:
             raise TrainError(f"{dataset} has {what} {ours}, but {init} was trained on {theirs}")
+    return _run_spec(policy, base.policy_config, train, dataset, demos, base.normalization, start), demos
+
+
+def _run_spec(policy: str, policy_config: dict[str, Any], train: TrainConfig, dataset: Path, demos: DemoSet,
+              norms: dict[str, Affine], init_from: str = "") -> RunSpec:
+    """A new run's spec: the demos' robot, joints and cameras, and its train/validation split."""
     train_eps, val_eps = split_episodes([e.index for e in demos.episodes], train.val_fraction, train.seed)
-    start = latest_checkpoint(init)
-    spec = RunSpec(policy, base.policy_config, train, str(dataset), demos.robot, demos.fps, demos.joint_names,
-                   demos.cameras, base.image_size, base.normalization, train_eps, val_eps, init_from=str(start))
-    return spec, demos
+    return RunSpec(policy, policy_config, train, str(dataset), demos.robot, demos.fps, demos.joint_names,
+                   demos.cameras, list(demos.image_size), norms, train_eps, val_eps, init_from)
 
 
 def _load(dataset: Path, image_size: int, only_success: bool, episodes: list[int] | None,
