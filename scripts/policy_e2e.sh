@@ -7,7 +7,7 @@
 #
 # Every step skips itself when its output exists, so a run can be resumed after Ctrl-C.
 # Step sizes are env vars: DEMOS (80), ACT_STEPS (7000), DIFFUSION_STEPS (3000), CORRECTIONS (15),
-# DAGGER_ROUNDS (3), DAGGER_STEPS (3000), SEED.
+# DAGGER_ROUNDS (4), SEED; each round's fine-tuning steps are in the ROUNDS table below.
 # On the 2-core machine: collect ~10 min, ACT ~30 min, Diffusion ~30 min, each corrections round
 # ~30 min (collect ~14, fine-tune ~15), each 50-episode rehearsal ~12 min.
 set -euo pipefail
@@ -18,8 +18,7 @@ DEMOS=${DEMOS:-80}
 ACT_STEPS=${ACT_STEPS:-7000}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-3000}
 CORRECTIONS=${CORRECTIONS:-15}  # corrected episodes per takeover time (4 times a round)
-DAGGER_ROUNDS=${DAGGER_ROUNDS:-3}
-DAGGER_STEPS=${DAGGER_STEPS:-3000}
+DAGGER_ROUNDS=${DAGGER_ROUNDS:-4}
 SEED=${SEED:-100}
 T=.venv/bin/tether
 make install
@@ -44,16 +43,18 @@ done
 #     expert corrects it (`collect --autonomous policy --device replay`) at four takeover times,
 #     CORRECTIONS episodes each. Corrections are appended to one dataset (it starts as a copy of the
 #     demos), and ACT is fine-tuned on all of it from the previous round's weights.
-#     Each round: the model that drives, takeover times (s), first seed, episode timeout (s).
+#     Each round: the model that drives, takeover times (s), first seed, episode timeout (s),
+#     fine-tuning steps.
 ROUNDS=(
-  "act_int8 3,5,7,9 7000 24"
-  "act_dagger_fp32 4,6,8,10 8000 25"
-  "act_dagger2_fp32 3,5,7,9 10000 25"
+  "act_int8 3,5,7,9 7000 24 3000"
+  "act_dagger_fp32 4,6,8,10 8000 25 3000"
+  "act_dagger2_fp32 3,5,7,9 10000 25 3000"
+  "act_dagger3_fp32 4,6,8,10 11000 25 5000"
 )
 [ -d "$OUT/dagger" ] || cp -r "$OUT/demos" "$OUT/dagger"
 prev=act
 for r in $(seq 1 "$DAGGER_ROUNDS"); do
-  read -r driver takeovers seed timeout <<< "${ROUNDS[$((r - 1))]}"
+  read -r driver takeovers seed timeout steps <<< "${ROUNDS[$((r - 1))]}"
   tag=$([ "$r" = 1 ] || echo "$r")
   for t in ${takeovers//,/ }; do
     [ -f "$OUT/dagger${tag}_report_$t/report.json" ] || \
@@ -65,7 +66,7 @@ for r in $(seq 1 "$DAGGER_ROUNDS"); do
   run="act_dagger$tag"
   [ -f "$OUT/$run/checkpoints/latest" ] || \
     OMP_WAIT_POLICY=PASSIVE $T train --policy act --dataset "$OUT/dagger" --out "$OUT/$run" --init-from "$OUT/$prev" \
-      --steps "$DAGGER_STEPS" --seed 0 --threads 1
+      --steps "$steps" --seed 0 --threads 1
   [ -f "$OUT/${run}_fp32/manifest.json" ] || $T export "$OUT/$run" --out "$OUT/${run}_fp32"
   [ -f "$OUT/${run}_int8/manifest.json" ] || $T export "$OUT/$run" --out "$OUT/${run}_int8" --quantize int8
   prev=$run

@@ -327,6 +327,7 @@ class Motion:
 class PickPlaceExpert:
     """approach -> descend -> close -> lift -> carry -> lower -> release -> retreat -> done.
 
+    An episode that starts with the cube between the jaws (a takeover) starts at "lift".
     Any phase after the grasp falls back to "approach" when the cube is not between the jaws;
     "done" does too when the cube is not on the target.
     """
@@ -361,12 +362,15 @@ class PickPlaceExpert:
     def act(self, q: np.ndarray, object_pos: np.ndarray, object_quat: np.ndarray,
             target_pos: np.ndarray, t: float) -> np.ndarray:
         q = np.asarray(q, dtype=float)
-        if self._motion is None or t < self._t:
+        starting = self._motion is None or t < self._t
+        if starting:
             self._start(q, t)
         dt = float(np.clip(t - self._t, 0.0, 0.1))
         self._t = t
         self._observe(q, np.asarray(object_pos, float), np.asarray(object_quat, float),
                       np.asarray(target_pos, float), dt)
+        if starting and self._cube_in_hand():
+            self._enter("lift")  # taking over a held cube (a correction): carry it on, do not drop it
         goal = getattr(self, f"_phase_{self.phase}")()
         return self._moving.step(goal, q, dt)
 

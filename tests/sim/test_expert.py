@@ -226,3 +226,21 @@ def test_video_shows_the_whole_episode(so101: RobotProfile, tmp_path: Path) -> N
     assert len(decoded) == frames
     assert 3.0 * 30 < frames < 10.0 * 30  # an episode of a few seconds at 30 fps
     assert decoded[0].shape == (64, 96, 3)
+
+
+def test_expert_taking_over_a_held_cube_carries_it_on(twin: Twin, expert: PickPlaceExpert) -> None:
+    """A correction that starts mid-carry (the policy lifted the cube) keeps the jaws shut."""
+    twin.reset(9)
+    expert.reset()
+    run_until(twin, expert, lambda _, ex: ex.phase == "carry")
+    expert.reset()  # a fresh expert takes over, as after a takeover in collection
+    phases: list[str] = []
+
+    def placed(tw: Twin, ex: PickPlaceExpert) -> bool:
+        phases.append(ex.phase)
+        return tw.success()
+
+    run_until(twin, expert, placed, timeout_s=twin.time + 10.0)
+    after = list(dict.fromkeys(phases[1:]))  # phases[0] is checked before the first act()
+    assert twin.success()
+    assert after[0] == "lift" and "approach" not in after, f"phases: {after}"
