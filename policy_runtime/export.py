@@ -127,20 +127,21 @@ class _Calibration(CalibrationDataReader):
         return next(self._it, None)
 
 
+# Shape inference loses some intermediate types in unrolled graphs; they are all float.
+_UNTYPED_ARE_FLOAT = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+
+
 def quantize_variants(fp32: Path, out: Path, calib: list[dict[str, np.ndarray]]) -> dict[str, Path | str]:
     """Each INT8 variant's file, or why it could not be built (kept in the parity report)."""
     pre = out / "model.pre.onnx"
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    # Shape inference loses some intermediate types in unrolled graphs; they are all float.
-    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     builders = {
         # MatMul/Gemm only: dynamic ConvInteger is the slow path on CPU (see DESIGN.md).
         "int8-dynamic": lambda path: quantize_dynamic(str(pre), str(path), weight_type=QuantType.QInt8,
-                                                      op_types_to_quantize=["MatMul", "Gemm"], extra_options=extra),
-        "int8-static-qdq": lambda path: quantize_static(
-            str(pre), str(path), _Calibration(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # u8s8: x86's fast int8 kernels
-            calibrate_method=CalibrationMethod.MinMax, extra_options=extra),
+                                                      op_types_to_quantize=["MatMul", "Gemm"], extra_options=_UNTYPED_ARE_FLOAT),
+        "int8-static-qdq": lambda path: _static(pre, path, calib, None),
+        # Conv only: Q/DQ pairs around every Mul/Add of GroupNorm and Mish cost more than int8 saves.
+        "int8-static-conv": lambda path: _static(pre, path, calib, ["Conv"]),
     }
     made: dict[str, Path | str] = {}
     for mode, build in builders.items():
@@ -152,6 +153,14 @@ def quantize_variants(fp32: Path, out: Path, calib: list[dict[str, np.ndarray]])
             made[mode] = f"{type(exc).__name__}: {exc}"
     pre.unlink()
     return made
+
+
+def _static(pre: Path, path: Path, calib: list[dict[str, np.ndarray]], op_types: list[str] | None) -> None:
+    """Static QDQ with MinMax calibration on ``calib``; ``op_types`` None: every op type it supports."""
+    quantize_static(str(pre), str(path), _Calibration(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,  # u8s8: x86's fast int8 kernels
+                    calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types,
+                    extra_options=_UNTYPED_ARE_FLOAT)
 
 
 def _action_err(a: np.ndarray, b: np.ndarray, std: np.ndarray) -> tuple[float, float]:

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from tether.errors import PolicyError
 from tether.policy_runtime import train as tr
-from tether.policy_runtime.export import export, held_out_inputs, held_out_source
+from tether.policy_runtime.export import export, held_out_inputs, held_out_source, quantize_variants
 from tether.policy_runtime.manifest import load_manifest
 
 
@@ -41,6 +42,23 @@ def test_int8_keeps_the_fastest_variant_within_tolerance(run: Path, tmp_path: Pa
     assert parity["chosen"]["p50_ms"] == min(v["p50_ms"] for v in built)
     assert set(manifest.graphs) == {"policy", "fp32_reference"}
     assert "INT8" in (out / "parity.md").read_text() or "int8" in (out / "parity.md").read_text()
+
+
+def test_static_conv_variant_quantizes_only_the_convolutions(run: Path, tmp_path: Path) -> None:
+    spec, model = tr.load_run(run), tr.load_weights(run)
+    export(run, tmp_path / "fp32", timing_runs=5)
+    calib = held_out_inputs(held_out_source(spec, model), model, 4)
+    made = quantize_variants(tmp_path / "fp32" / "model.onnx", tmp_path, calib)
+    graphs = {mode: onnx.load(str(path)).graph for mode, path in made.items() if isinstance(path, Path)}
+    assert set(graphs) == {"int8-dynamic", "int8-static-qdq", "int8-static-conv"}, made
+
+    def ops_with_int8_weights(graph: onnx.GraphProto) -> set[str]:
+        stored = {t.name for t in graph.initializer}
+        dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in stored}
+        return {n.op_type for n in graph.node if len(n.input) > 1 and n.input[1] in dequantized}
+
+    assert ops_with_int8_weights(graphs["int8-static-conv"]) == {"Conv"}
+    assert ops_with_int8_weights(graphs["int8-static-qdq"]) > {"Conv"}  # the full variant quantizes other ops too
 
 
 def test_int8_refuses_when_no_variant_is_accurate_enough(run: Path, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_a_missing_graph_or_manifest_is_named(model: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize("change, message", [
     ({"learning_rate": 1e-4}, "unknown key 'learning_rate'; valid keys: .*chunk_length"),
     ({"policy": "pi0"}, "unknown policy 'pi0'; policies: act, diffusion"),
-    ({"quantization": "int4"}, "unknown quantization 'int4'; valid: none, int8-dynamic, int8-static-qdq"),
+    ({"quantization": "int4"}, "unknown quantization 'int4'; valid: none, int8-dynamic, int8-static-qdq, int8-static-conv"),
     ({"version": 2}, "this runtime reads 'tether-policy' version 1"),
     ({"chunk_length": 0}, "must be positive"),
     ({"chunk_length": "5"}, "expected an integer"),
