@@ -7,7 +7,7 @@
 #
 # Every step skips itself when its output exists, so a run can be resumed after Ctrl-C.
 # Step sizes are env vars: DEMOS (80), ACT_STEPS (7000), DIFFUSION_STEPS (3000), CORRECTIONS (15),
-# DAGGER_ROUNDS (4), SEED; each round's fine-tuning steps are in the ROUNDS table below.
+# DAGGER_ROUNDS (5), SEED; each round's fine-tuning steps are in the ROUNDS table below.
 # On the 2-core machine: collect ~10 min, ACT ~30 min, Diffusion ~30 min, each corrections round
 # ~30 min (collect ~14, fine-tune ~15), each 50-episode rehearsal ~12 min.
 set -euo pipefail
@@ -18,7 +18,7 @@ DEMOS=${DEMOS:-80}
 ACT_STEPS=${ACT_STEPS:-7000}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-3000}
 CORRECTIONS=${CORRECTIONS:-15}  # corrected episodes per takeover time (4 times a round)
-DAGGER_ROUNDS=${DAGGER_ROUNDS:-4}
+DAGGER_ROUNDS=${DAGGER_ROUNDS:-5}
 SEED=${SEED:-100}
 T=.venv/bin/tether
 make install
@@ -50,6 +50,7 @@ ROUNDS=(
   "act_dagger_fp32 4,6,8,10 8000 25 3000"
   "act_dagger2_fp32 3,5,7,9 10000 25 3000"
   "act_dagger3_fp32 4,6,8,10 11000 25 5000"
+  "act_dagger4_int8 3,5,7,9 13000 25 3000"
 )
 [ -d "$OUT/dagger" ] || cp -r "$OUT/demos" "$OUT/dagger"
 prev=act
