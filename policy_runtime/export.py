@@ -137,8 +137,9 @@ def quantize_variants(fp32: Path, out: Path, calib: list[dict[str, np.ndarray]])
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     builders = {
         # MatMul/Gemm only: dynamic ConvInteger is the slow path on CPU (see DESIGN.md).
-        "int8-dynamic": lambda path: quantize_dynamic(str(pre), str(path), weight_type=QuantType.QInt8,
-                                                      op_types_to_quantize=["MatMul", "Gemm"], extra_options=_UNTYPED_ARE_FLOAT),
+        "int8-dynamic": lambda path: quantize_dynamic(
+            str(pre), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+            extra_options=_UNTYPED_ARE_FLOAT),
         "int8-static-qdq": lambda path: _static(pre, path, calib, None),
         # Conv only: Q/DQ pairs around every Mul/Add of GroupNorm and Mish cost more than int8 saves.
         "int8-static-conv": lambda path: _static(pre, path, calib, ["Conv"]),

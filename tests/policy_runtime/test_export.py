@@ -12,7 +12,7 @@ import pytest
 
 from tether.errors import PolicyError
 from tether.policy_runtime import train as tr
-from tether.policy_runtime.export import export, held_out_inputs, held_out_source, quantize_variants
+from tether.policy_runtime.export import export, held_out_inputs, held_out_source, quantize_variants, to_onnx
 from tether.policy_runtime.manifest import load_manifest
 
 
@@ -46,9 +46,9 @@ def test_int8_keeps_the_fastest_variant_within_tolerance(run: Path, tmp_path: Pa
 
 def test_static_conv_variant_quantizes_only_the_convolutions(run: Path, tmp_path: Path) -> None:
     spec, model = tr.load_run(run), tr.load_weights(run)
-    export(run, tmp_path / "fp32", timing_runs=5)
+    to_onnx(model, tmp_path / "model.fp32.onnx")
     calib = held_out_inputs(held_out_source(spec, model), model, 4)
-    made = quantize_variants(tmp_path / "fp32" / "model.onnx", tmp_path, calib)
+    made = quantize_variants(tmp_path / "model.fp32.onnx", tmp_path, calib)
     graphs = {mode: onnx.load(str(path)).graph for mode, path in made.items() if isinstance(path, Path)}
     assert set(graphs) == {"int8-dynamic", "int8-static-qdq", "int8-static-conv"}, made
 

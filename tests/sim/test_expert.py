@@ -51,6 +51,18 @@ def run_until(twin: Twin, expert: PickPlaceExpert, done: Callable[[Twin, PickPla
     return sent
 
 
+def phases_until_placed(twin: Twin, expert: PickPlaceExpert, timeout_s: float) -> list[str]:
+    """Drive until the cube is on the target; the expert's phase before each act()."""
+    phases: list[str] = []
+
+    def placed(tw: Twin, ex: PickPlaceExpert) -> bool:
+        phases.append(ex.phase)
+        return tw.success()
+
+    run_until(twin, expert, placed, timeout_s)
+    return phases
+
+
 def teleport_cube(twin: Twin, xy: tuple[float, float], yaw: float) -> None:
     body = twin.model.joint("cube_free")
     adr, dof = twin.model.jnt_qposadr[body.id], twin.model.jnt_dofadr[body.id]
@@ -164,13 +176,7 @@ def test_expert_picks_again_after_the_cube_is_knocked_away(
     run_until(twin, expert, lambda tw, _: tw.time >= stop)
     assert expert.phase == phase
     teleport_cube(twin, far_from_target(twin), yaw=0.5)  # out of the hand, elsewhere on the table
-    phases: list[str] = []
-
-    def placed(tw: Twin, ex: PickPlaceExpert) -> bool:
-        phases.append(ex.phase)
-        return tw.success()
-
-    run_until(twin, expert, placed)
+    phases = phases_until_placed(twin, expert, timeout_s=20.0)
     assert "approach" in phases, "the expert did not notice the cube was gone"
     assert twin.success(), f"phases after the knock: {sorted(set(phases))}"
 
@@ -234,13 +240,7 @@ def test_expert_taking_over_a_held_cube_carries_it_on(twin: Twin, expert: PickPl
     expert.reset()
     run_until(twin, expert, lambda _, ex: ex.phase == "carry")
     expert.reset()  # a fresh expert takes over, as after a takeover in collection
-    phases: list[str] = []
-
-    def placed(tw: Twin, ex: PickPlaceExpert) -> bool:
-        phases.append(ex.phase)
-        return tw.success()
-
-    run_until(twin, expert, placed, timeout_s=twin.time + 10.0)
-    after = list(dict.fromkeys(phases[1:]))  # phases[0] is checked before the first act()
+    phases = phases_until_placed(twin, expert, timeout_s=twin.time + 10.0)
+    after = list(dict.fromkeys(phases[1:]))  # phases[0] is the phase before the first act()
     assert twin.success()
     assert after[0] == "lift" and "approach" not in after, f"phases: {after}"
