@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from tether.errors import TetherError
 from tether.graph import NodeSpec
 from tether.policy_runtime.commands import add_export, add_train
+from tether.policy_runtime.scheduler import MODES
 
 if TYPE_CHECKING:
     from tether.robot_profile import RobotProfile
@@ -48,6 +49,9 @@ def _add_rehearse(sub: argparse._SubParsersAction) -> None:
                         "the twin's cameras render at the model's image size")
     r.add_argument("--replan-hz", type=float, default=0.0,
                    help="with --source policy: inferences a second (default: the policy node's 10 Hz)")
+    r.add_argument("--scheduler", choices=MODES, default=None,
+                   help="with --source policy: how chunks become commands (default: ensemble for ACT, "
+                        "switch for diffusion)")
     r.add_argument("--episodes", type=int, default=20)
     r.add_argument("--report", type=Path, default=Path("runs/rehearsal"))
     r.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None,
@@ -108,14 +112,16 @@ def _rehearse(a: argparse.Namespace) -> int:
     model = ""
     if a.source == "policy":
         model, (w, h) = _policy_model(a.policy, profile, a.camera_size)
-    elif a.policy is not None or a.replan_hz:
-        raise TetherError(f"--policy and --replan-hz are for --source policy (the source is '{a.source}')")
+    elif a.policy is not None or a.replan_hz or a.scheduler:
+        raise TetherError(f"--policy, --replan-hz and --scheduler are for --source policy "
+                          f"(the source is '{a.source}')")
     if a.replan_hz < 0:
         raise TetherError(f"--replan-hz must be positive, got {a.replan_hz}")
     args = RehearsalArgs(
         robot=a.robot, task=a.task, source=a.source, episodes=a.episodes, seed=a.seed,
         report=str(a.report.resolve()), camera_width=w, camera_height=h,
         episode_timeout=a.episode_timeout, video_episodes=a.video_episodes, policy=model, replan_hz=a.replan_hz,
+        scheduler=a.scheduler or "",
     )
     code = _run("rehearse", rehearsal_graph(args), a.report, 60.0 + a.episodes * (a.episode_timeout + 10.0))
     if code != 0:

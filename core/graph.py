@@ -80,6 +80,7 @@ class RehearsalArgs:
     video_episodes: int = 1
     policy: str = ""  # source "policy": its model folder ("": the model shipped with the repo)
     replan_hz: float = 0.0  # source "policy": inferences a second (0: the policy node's default)
+    scheduler: str = ""  # source "policy": "ensemble" or "switch" ("": the policy node's default for the model)
 
 
 SOURCES = ("expert", "policy")
@@ -132,6 +133,8 @@ def _source_parameters(a: RehearsalArgs) -> dict[str, ParamValue]:
         params["model_dir"] = a.policy
     if a.source == "policy" and a.replan_hz > 0:
         params["replan_hz"] = a.replan_hz
+    if a.source == "policy" and a.scheduler:
+        params["mode"] = a.scheduler
     return params
 
 

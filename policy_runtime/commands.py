@@ -23,6 +23,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--image-size", type=int, help="frames are resized to this square size (default 96)")
     t.add_argument("--checkpoint-every", type=int)
     t.add_argument("--val-every", type=int)
+    t.add_argument("--ema-decay", type=float,
+                   help="keep an exponential moving average of the weights; it is what validation and export use "
+                        "(default: 0, off, for ACT; 0.995 for diffusion)")
     t.add_argument("--include-failed", action="store_true", help="also train on episodes recorded as failures")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a policy config field, e.g. --set chunk_length=30 (JSON values)")
@@ -63,7 +66,8 @@ def _train(a: argparse.Namespace) -> int:
                           "leave out --resume, --size, --set and --image-size")
     base = tr.default_train_config(a.policy)
     chosen = {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
-              "image_size": a.image_size, "checkpoint_every": a.checkpoint_every, "val_every": a.val_every}
+              "image_size": a.image_size, "checkpoint_every": a.checkpoint_every, "val_every": a.val_every,
+              "ema_decay": a.ema_decay}
     config: tr.TrainConfig | None = dataclasses.replace(
         base, **{k: v for k, v in chosen.items() if v is not None}, only_success=not a.include_failed)
     if a.resume:  # the run keeps its own config; only --steps may extend it

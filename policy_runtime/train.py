@@ -54,6 +54,10 @@ class TrainConfig:
     seed: int = 0
     only_success: bool = True
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise TrainError(f"ema_decay must be in [0, 1) (0 turns EMA off), got {self.ema_decay}")
+
 
 def default_train_config(policy: str) -> TrainConfig:
     if policy == "diffusion":

@@ -47,11 +47,12 @@ def test_collect_can_let_a_policy_drive_until_the_human_takes_over() -> None:
     assert nodes["recorder"].parameters["autonomous_source"] == "policy"  # its frames are labelled as rollouts
 
 
-def test_policy_source_takes_the_model_and_replan_rate() -> None:
-    args = RehearsalArgs(source="policy", policy="models/m", replan_hz=30.0)
+def test_policy_source_takes_the_model_replan_rate_and_scheduler() -> None:
+    args = RehearsalArgs(source="policy", policy="models/m", replan_hz=30.0, scheduler="switch")
     source = rehearsal_graph(args)[1]
     assert source.executable == "policy_node"
-    assert source.parameters == {"robot": "so101", "model_dir": "models/m", "replan_hz": 30.0}
-    # 0 leaves the node's own default, and the expert never gets policy parameters.
-    assert "replan_hz" not in rehearsal_graph(dataclasses.replace(args, replan_hz=0.0))[1].parameters
+    assert source.parameters == {"robot": "so101", "model_dir": "models/m", "replan_hz": 30.0, "mode": "switch"}
+    # 0 and "" leave the node's own defaults, and the expert never gets policy parameters.
+    assert rehearsal_graph(dataclasses.replace(args, replan_hz=0.0, scheduler=""))[1].parameters == {
+        "robot": "so101", "model_dir": "models/m"}
     assert rehearsal_graph(dataclasses.replace(args, source="expert"))[1].parameters == {"robot": "so101"}

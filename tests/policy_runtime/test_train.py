@@ -79,3 +79,19 @@ def test_fine_tuning_refuses_another_architecture(dataset: Path, tmp_path: Path,
     with pytest.raises(TrainError, match="architecture comes from"):
         tr.train("act", dataset, tmp_path / "a", config=CONFIG, overrides={"chunk_length": 8}, init_from=base,
                  progress=False)
+
+
+def test_the_cli_keeps_ema_weights_when_asked(dataset: Path, tmp_path: Path, demo_data) -> None:
+    from tether.cli import main
+
+    tiny = [f"{k}={json.dumps(v)}" for k, v in demo_data.TINY["act"].items()]
+    args = ["train", "--policy", "act", "--dataset", str(dataset), "--out", str(tmp_path / "ema"), "--steps", "3",
+            "--batch-size", "4", "--image-size", "32", "--val-every", "3", "--ema-decay", "0.9"]
+    assert main([*args, *(x for pair in tiny for x in ("--set", pair))]) == 0
+    run = tmp_path / "ema"
+    assert tr.load_run(run).train.ema_decay == 0.9
+    assert (run / "checkpoints" / "step_0000003" / "ema.safetensors").is_file()
+    ema, raw = tr.load_weights(run).state_dict(), tr.load_weights(run, ema=False).state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema), "the average lags the trained weights"
+    with pytest.raises(TrainError, match=r"ema_decay must be in \[0, 1\)"):
+        TrainConfig(ema_decay=1.0)

@@ -57,7 +57,7 @@ def test_bad_arguments_fail_before_any_process_starts(tmp_path: Path, capsys) ->
     assert not (tmp_path / "logs").exists()
 
 
-@pytest.mark.parametrize("extra", [["--policy", "models/x"], ["--replan-hz", "30"]])
+@pytest.mark.parametrize("extra", [["--policy", "models/x"], ["--replan-hz", "30"], ["--scheduler", "switch"]])
 def test_policy_options_need_the_policy_source(tmp_path: Path, capsys, extra: list[str]) -> None:
     assert main(["rehearse", "--source", "expert", *extra, "--report", str(tmp_path)]) == 2
     assert "are for --source policy" in capsys.readouterr().err
