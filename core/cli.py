@@ -279,7 +279,11 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
                        ("recover", "turn what a crash left into valid episodes, or explain why not")):
         p = d_sub.add_parser(name, help=text)
         p.add_argument("path", type=Path)
-        p.set_defaults(func=_dataset)
+        p.set_defaults(func=_dataset, quick=False)
+        if name == "validate":
+            p.add_argument("--quick", action="store_true",
+                           help="read frame times from the mp4 packets instead of decoding every frame "
+                                "(skips the check of image means against the pixels)")
 
 
 def _dataset(a: argparse.Namespace) -> int:
@@ -293,7 +297,7 @@ def _dataset(a: argparse.Namespace) -> int:
         return 0
     if a.dataset_command == "recover":
         print(dataset.recover(a.path))
-    problems = dataset.validate(a.path)
+    problems = dataset.validate(a.path, quick=a.quick, progress=True)
     for problem in problems:
         print(f"problem: {problem}")
     print(f"{a.path}: {'valid' if not problems else f'{len(problems)} problem(s)'}")

@@ -246,8 +246,10 @@ def test_validate_reports_a_truncated_parquet(dataset):
     assert any("data/chunk-000/file-000.parquet" in p and "unreadable" in p for p in problems), problems
 
 
-def test_validate_reports_a_video_frame_count_mismatch(dataset):
-    """Drop the last video frame of the front camera (a remux, no re-encode)."""
+@pytest.mark.parametrize("quick", [False, True], ids=["decoded", "quick"])
+def test_validate_reports_a_video_frame_count_mismatch(dataset, quick: bool):
+    """Drop the last video frame of the front camera (a remux, no re-encode); the packets alone show it."""
+    assert validate(dataset, quick=quick) == []
     path = dataset / "videos/observation.images.front/chunk-000/file-000.mp4"
     short = path.with_name("short.mp4")
     with av.open(str(path)) as src, av.open(str(short), "w") as dst:
@@ -258,7 +260,7 @@ def test_validate_reports_a_video_frame_count_mismatch(dataset):
             p.stream = out
             dst.mux(p)
     short.replace(path)
-    problems = validate(dataset)
+    problems = validate(dataset, quick=quick)
     assert any("episode 2" in p and "decodes to 21 frames" in p for p in problems), problems
 
 
@@ -291,3 +293,22 @@ def test_dataset_stats_match_all_the_data(pristine):
         assert stats[key]["count"] == [63]
     assert stats["intervention"]["mean"] == pytest.approx([12 / 63])
     assert all(0 <= v[0][0] <= 1 for v in stats["observation.images.front"]["mean"])
+
+
+def test_quick_validation_reads_the_same_frame_times_without_decoding(pristine):
+    from tether.teleop.dataset.validate import _Decoded
+
+    path = pristine / "videos/observation.images.front/chunk-000/file-000.mp4"
+    decoded, packets = _Decoded(path), _Decoded(path, pixels=False)
+    np.testing.assert_array_equal(packets.times, decoded.times)
+    assert packets.means is None and decoded.means is not None and len(decoded.means) == len(decoded.times)
+
+
+def test_the_cli_validates_quickly_and_exits_1_on_a_problem(dataset, capsys):
+    from tether.cli import main
+
+    assert main(["dataset", "validate", "--quick", str(dataset)]) == 0
+    assert capsys.readouterr().out.strip().endswith(": valid")
+    (dataset / "videos/observation.images.wrist/chunk-000/file-000.mp4").unlink()
+    assert main(["dataset", "validate", "--quick", str(dataset)]) == 1
+    assert "is missing" in capsys.readouterr().out
