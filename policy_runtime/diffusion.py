@@ -25,6 +25,8 @@ from tether.policy_runtime.backbone import NORMS, ResNet, SpatialSoftmax
 from tether.policy_runtime.models import (ACTION, ACTION_IS_PAD, NOISE, STATE, PolicyModel, as_int_tuple, hold_padding,
                                           image_key, masked_mean, require_positive)
 
+UNET_BLOCKS = ("group_mish", "batch_relu")
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
@@ -39,7 +41,10 @@ class DiffusionConfig:
     crop_fraction: float = 0.9  # random crop of this fraction in training, centre crop at inference
     down_dims: tuple[int, ...] = (64, 128, 256)
     kernel_size: int = 5
-    n_groups: int = 8
+    # Each UNet conv is followed by "group_mish" (GroupNorm + Mish, the paper's) or "batch_relu"
+    # (BatchNorm + ReLU, which export folds into the conv: about half the runtime nodes).
+    unet_block: str = "group_mish"
+    n_groups: int = 8  # GroupNorm groups, with group_mish
     step_embed_dim: int = 64
     film_scale: bool = True  # FiLM scale and bias; False: bias only
     num_train_timesteps: int = 100
@@ -63,13 +68,16 @@ class DiffusionConfig:
         if self.chunk_length % factor:
             raise ConfigError(f"DiffusionConfig.chunk_length {self.chunk_length} must be divisible by {factor} "
                               f"(the UNet halves it {len(self.down_dims) - 1} times for down_dims {self.down_dims})")
-        if any(d % self.n_groups for d in self.down_dims):
+        if self.unet_block == "group_mish" and any(d % self.n_groups for d in self.down_dims):
             raise ConfigError(f"DiffusionConfig.down_dims {self.down_dims} must divide by n_groups {self.n_groups}")
         if self.ddim_steps > self.num_train_timesteps:
             raise ConfigError(f"DiffusionConfig.ddim_steps {self.ddim_steps} exceeds num_train_timesteps "
                               f"{self.num_train_timesteps}")
         if self.norm not in NORMS:
             raise ConfigError(f"DiffusionConfig.norm '{self.norm}' is unknown; valid: {', '.join(NORMS)}")
+        if self.unet_block not in UNET_BLOCKS:
+            raise ConfigError(f"DiffusionConfig.unet_block '{self.unet_block}' is unknown; "
+                              f"valid: {', '.join(UNET_BLOCKS)}")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ConfigError(f"DiffusionConfig.crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.kernel_size % 2 == 0:
@@ -177,9 +185,11 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([args.sin(), args.cos()], dim=-1)
 
 
-def conv_block(c_in: int, c_out: int, kernel_size: int, n_groups: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2),
-                         nn.GroupNorm(n_groups, c_out), nn.Mish())
+def conv_block(c_in: int, c_out: int, c: DiffusionConfig) -> nn.Sequential:
+    conv = nn.Conv1d(c_in, c_out, c.kernel_size, padding=c.kernel_size // 2)
+    if c.unet_block == "batch_relu":  # exports as one fused Conv+ReLU node: BatchNorm folds into the conv
+        return nn.Sequential(conv, nn.BatchNorm1d(c_out), nn.ReLU())
+    return nn.Sequential(conv, nn.GroupNorm(c.n_groups, c_out), nn.Mish())
 
 
 class FiLMResBlock(nn.Module):
@@ -187,8 +197,8 @@ class FiLMResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, cond_dim: int, c: DiffusionConfig) -> None:
         super().__init__()
-        self.block1 = conv_block(c_in, c_out, c.kernel_size, c.n_groups)
-        self.block2 = conv_block(c_out, c_out, c.kernel_size, c.n_groups)
+        self.block1 = conv_block(c_in, c_out, c)
+        self.block2 = conv_block(c_out, c_out, c)
         self.film_scale = c.film_scale
         self.cond = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, c_out * (2 if c.film_scale else 1)))
         self.residual: nn.Module = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
@@ -234,7 +244,7 @@ class ConditionalUnet1D(nn.Module):
         # Up path: concat the skip of the same resolution, then upsample (the finest skip is unused, as in DP).
         self.up = nn.ModuleList(UNetLevel(2 * b, a, cond, c, nn.ConvTranspose1d(a, a, 4, 2, 1))
                                 for a, b in reversed(levels[1:]))
-        self.final = nn.Sequential(conv_block(dims[1], dims[1], c.kernel_size, c.n_groups), nn.Conv1d(dims[1], action_dim, 1))
+        self.final = nn.Sequential(conv_block(dims[1], dims[1], c), nn.Conv1d(dims[1], action_dim, 1))
 
     def forward(self, x: Tensor, t: Tensor, global_cond: Tensor) -> Tensor:
         cond = torch.cat([self.step_encoder(t).expand(global_cond.shape[0], -1), global_cond], dim=-1)

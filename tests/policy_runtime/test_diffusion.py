@@ -4,10 +4,12 @@ and ONNX parity of the graph that unrolls every DDIM step."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 import math
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -139,8 +141,9 @@ def test_padded_actions_do_not_change_the_loss() -> None:
     assert not torch.allclose(policy.compute_loss(changed)[0], loss)
 
 
-def test_a_few_hundred_steps_overfit_a_tiny_batch(one_thread: None) -> None:
-    policy = tiny_policy().train()
+@pytest.mark.parametrize("unet_block", ["group_mish", "batch_relu"])
+def test_a_few_hundred_steps_overfit_a_tiny_batch(one_thread: None, unet_block: str) -> None:
+    policy = tiny_policy(dataclasses.replace(TINY, unet_block=unet_block)).train()
     batch = make_batch()
     # Each sample 4 times per step: more (timestep, noise) draws, so the noisy loss falls steadily.
     repeated = {k: v.repeat(4, *[1] * (v.dim() - 1)) for k, v in batch.items()}
@@ -207,8 +210,36 @@ def test_onnx_export_matches_predict_chunk(tmp_path) -> None:
     assert np.abs(action - expected).max() < 1e-4
 
 
+def _runtime_ops(path: Path, tmp_path: Path) -> list[str]:
+    """The op types onnxruntime runs after its graph optimizations."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_batch_relu_blocks_fold_into_the_convolutions(tmp_path: Path, one_thread: None) -> None:
+    folded = tiny_policy(dataclasses.replace(TINY, unet_block="batch_relu"))
+    batch = make_batch()
+    with torch.no_grad():
+        folded.train().compute_loss(batch)  # running statistics that are not the identity
+    path = export_onnx(folded.eval(), tmp_path / "batch_relu.onnx")
+    names = folded.export_input_names()
+    inputs = folded.export_example_inputs()
+    (action,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        ["action"], {n: t.numpy() for n, t in zip(names, inputs)})
+    expected = folded.predict_chunk(dict(zip(names[:-1], inputs[:-1])), inputs[-1]).numpy()
+    assert np.abs(action - expected).max() < 1e-4
+    ops = _runtime_ops(path, tmp_path)
+    grouped = _runtime_ops(export_onnx(tiny_policy(), tmp_path / "group_mish.onnx"), tmp_path)
+    assert "BatchNormalization" not in ops and "InstanceNormalization" in grouped
+    assert len(ops) < 0.6 * len(grouped)
+
+
 def test_chunk_length_must_suit_the_unet() -> None:
     with pytest.raises(ConfigError, match="chunk_length 10 must be divisible by 4"):
         DiffusionConfig(chunk_length=10, down_dims=(64, 128, 256))
     with pytest.raises(ConfigError, match="ddim_steps 20 exceeds num_train_timesteps 10"):
         DiffusionConfig(num_train_timesteps=10, ddim_steps=20)
+    with pytest.raises(ConfigError, match="unet_block 'layer' is unknown; valid: group_mish, batch_relu"):
+        DiffusionConfig(unet_block="layer")
