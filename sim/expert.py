@@ -369,8 +369,9 @@ class PickPlaceExpert:
         self._t = t
         self._observe(q, np.asarray(object_pos, float), np.asarray(object_quat, float),
                       np.asarray(target_pos, float), dt)
-        if starting and self._cube_in_hand():
-            self._enter("lift")  # taking over a held cube (a correction): carry it on, do not drop it
+        if starting and self._cube_in_hand():  # taking over a held cube (a correction): do not drop it
+            over = np.linalg.norm(self._cube[:2] - self._target[:2]) <= self.config.place_tol
+            self._enter("lower" if over else "lift")  # over the target already: put it down there
         goal = getattr(self, f"_phase_{self.phase}")()
         return self._moving.step(goal, q, dt)
 

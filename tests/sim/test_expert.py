@@ -244,3 +244,15 @@ def test_expert_taking_over_a_held_cube_carries_it_on(twin: Twin, expert: PickPl
     after = list(dict.fromkeys(phases[1:]))  # phases[0] is the phase before the first act()
     assert twin.success()
     assert after[0] == "lift" and "approach" not in after, f"phases: {after}"
+
+
+def test_expert_taking_over_a_cube_held_over_the_target_puts_it_down(twin: Twin, expert: PickPlaceExpert) -> None:
+    """A correction of a policy that hovers with the cube over the disc lowers and releases it there."""
+    twin.reset(9)
+    expert.reset()
+    run_until(twin, expert, lambda _, ex: ex.phase == "lower")
+    expert.reset()
+    phases = phases_until_placed(twin, expert, timeout_s=twin.time + 10.0)
+    after = list(dict.fromkeys(phases[1:]))
+    assert twin.success()
+    assert after[:2] == ["lower", "release"] and "lift" not in after, f"phases: {after}"
