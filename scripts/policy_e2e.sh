@@ -7,7 +7,7 @@
 #
 # Every step skips itself when its output exists, so a run can be resumed after Ctrl-C.
 # Step sizes are env vars: DEMOS (80), ACT_STEPS (7000), DIFFUSION_STEPS (3000), CORRECTIONS (15),
-# DAGGER_ROUNDS (4), SEED; each round's fine-tuning steps are in the ROUNDS table below.
+# DAGGER_ROUNDS (7), SEED; each round's fine-tuning steps and EMA are in the ROUNDS table below.
 # On the 2-core machine: collect ~10 min, ACT ~30 min, Diffusion ~30 min, each corrections round
 # ~30 min (collect ~14, fine-tune ~15), each 50-episode rehearsal ~12 min.
 set -euo pipefail
@@ -18,7 +18,7 @@ DEMOS=${DEMOS:-80}
 ACT_STEPS=${ACT_STEPS:-7000}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-3000}
 CORRECTIONS=${CORRECTIONS:-15}  # corrected episodes per takeover time (4 times a round)
-DAGGER_ROUNDS=${DAGGER_ROUNDS:-4}
+DAGGER_ROUNDS=${DAGGER_ROUNDS:-7}
 SEED=${SEED:-100}
 T=.venv/bin/tether
 make install
@@ -31,34 +31,46 @@ mkdir -p "$OUT"
 $T dataset validate "$OUT/demos"
 
 # 2. Train (CPU configs), 3. export fp32 and INT8 (mode chosen by measurement).
+#    Diffusion uses BatchNorm (+ ReLU in the UNet), which export folds into its convolutions: with
+#    GroupNorm + Mish (the paper's) 10 DDIM steps ran 3620 onnxruntime nodes, only 2x faster than eager.
 for policy in act diffusion; do
   steps_var="$(echo "$policy" | tr a-z A-Z)_STEPS"
+  extra=() tolerance=0.05
+  # 10 DDIM steps amplify INT8 error in a few samples (max 0.32 rad, mean 0.01 rad): hence 0.35 for diffusion.
+  [ "$policy" = act ] || extra=(--set unet_block=batch_relu --set norm=batch) tolerance=0.35
   [ -f "$OUT/$policy/checkpoints/latest" ] || \
-    OMP_WAIT_POLICY=PASSIVE $T train --policy "$policy" --dataset "$OUT/demos" --out "$OUT/$policy" --steps "${!steps_var}" --seed 0 --threads 1
+    OMP_WAIT_POLICY=PASSIVE $T train --policy "$policy" --dataset "$OUT/demos" --out "$OUT/$policy" --steps "${!steps_var}" \
+      --seed 0 --threads 1 "${extra[@]}"
   [ -f "$OUT/${policy}_fp32/manifest.json" ] || $T export "$OUT/$policy" --out "$OUT/${policy}_fp32"
-  [ -f "$OUT/${policy}_int8/manifest.json" ] || $T export "$OUT/$policy" --out "$OUT/${policy}_int8" --quantize int8
+  [ -f "$OUT/${policy}_int8/manifest.json" ] || $T export "$OUT/$policy" --out "$OUT/${policy}_int8" --quantize int8 \
+    --tolerance "$tolerance"
 done
 
 # 3b. Corrections (HG-DAgger), round by round. In each round the latest ACT drives and the scripted
 #     expert corrects it (`collect --autonomous policy --device replay`) at four takeover times,
 #     CORRECTIONS episodes each. Corrections are appended to one dataset (it starts as a copy of the
 #     demos), and ACT is fine-tuned on all of it from the previous round's weights.
-#     Each round: the model that drives, takeover times (s), first seed, episode timeout (s),
-#     fine-tuning steps. The shipped model is round 4's INT8 export; a fifth round
-#     (DAGGER_ROUNDS=5) measured no better: 31/50 fp32 and 24/50 INT8, against 25/50 and 33/50.
+#     Each round: the model that drives, takeover times (s; "-": no new corrections, only training),
+#     first seed, episode timeout (s), fine-tuning steps, EMA decay of the weights (0: none).
+#     Round 6 only trains longer (val loss 0.084 -> 0.075): the policy then reached the disc far more
+#     often but hovered there holding the cube, so round 7 takes over late, where it hovers.
+#     The shipped model is round 7's INT8 export: 43/50 (fp32 38/50).
 ROUNDS=(
-  "act_int8 3,5,7,9 7000 24 3000"
-  "act_dagger_fp32 4,6,8,10 8000 25 3000"
-  "act_dagger2_fp32 3,5,7,9 10000 25 3000"
-  "act_dagger3_fp32 4,6,8,10 11000 25 5000"
-  "act_dagger4_int8 3,5,7,9 13000 25 3000"
+  "act_int8 3,5,7,9 7000 24 3000 0"
+  "act_dagger_fp32 4,6,8,10 8000 25 3000 0"
+  "act_dagger2_fp32 3,5,7,9 10000 25 3000 0"
+  "act_dagger3_fp32 4,6,8,10 11000 25 5000 0"
+  "act_dagger4_int8 3,5,7,9 13000 25 3000 0"
+  "- - - - 12000 0.999"
+  "act_dagger6_int8 6,8,10,12 14000 25 3000 0.999"
 )
 [ -d "$OUT/dagger" ] || cp -r "$OUT/demos" "$OUT/dagger"
 prev=act
 for r in $(seq 1 "$DAGGER_ROUNDS"); do
-  read -r driver takeovers seed timeout steps <<< "${ROUNDS[$((r - 1))]}"
+  read -r driver takeovers seed timeout steps ema <<< "${ROUNDS[$((r - 1))]}"
   tag=$([ "$r" = 1 ] || echo "$r")
   collected=
+  [ "$takeovers" != - ] || takeovers=
   for t in ${takeovers//,/ }; do
     [ -f "$OUT/dagger${tag}_report_$t/report.json" ] && continue
     $T collect --robot so101 --task pick_place --autonomous policy --policy "$OUT/$driver" --device replay \
@@ -70,7 +82,7 @@ for r in $(seq 1 "$DAGGER_ROUNDS"); do
   run="act_dagger$tag"
   [ -f "$OUT/$run/checkpoints/latest" ] || \
     OMP_WAIT_POLICY=PASSIVE $T train --policy act --dataset "$OUT/dagger" --out "$OUT/$run" --init-from "$OUT/$prev" \
-      --steps "$steps" --seed 0 --threads 1
+      --steps "$steps" --ema-decay "$ema" --seed 0 --threads 1
   [ -f "$OUT/${run}_fp32/manifest.json" ] || $T export "$OUT/$run" --out "$OUT/${run}_fp32"
   [ -f "$OUT/${run}_int8/manifest.json" ] || $T export "$OUT/$run" --out "$OUT/${run}_int8" --quantize int8
   prev=$run
