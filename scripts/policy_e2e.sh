@@ -96,4 +96,4 @@ for model in act_fp32 act_int8 "${prev}_fp32" "${prev}_int8" diffusion_fp32 diff
 done
 
 # 5. Inference benchmark (eager vs ONNX fp32 vs INT8) plus the rehearsal figures above.
-$T bench policy --act "$OUT/$prev" --diffusion "$OUT/diffusion" --json "$OUT/bench_policy.json"
+$T bench policy --act "$OUT/$prev" --diffusion "$OUT/diffusion" --runs 1000 --json "$OUT/bench_policy.json"  # 1000: ~30 ms machine stalls stay out of p99
