@@ -129,11 +129,13 @@ def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
 
 def _source_parameters(a: RehearsalArgs) -> dict[str, ParamValue]:
     params: dict[str, ParamValue] = {"robot": a.robot}
-    if a.source == "policy" and a.policy:
+    if a.source != "policy":
+        return params
+    if a.policy:
         params["model_dir"] = a.policy
-    if a.source == "policy" and a.replan_hz > 0:
+    if a.replan_hz > 0:
         params["replan_hz"] = a.replan_hz
-    if a.source == "policy" and a.scheduler:
+    if a.scheduler:
         params["mode"] = a.scheduler
     return params
 

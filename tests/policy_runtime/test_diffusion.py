@@ -201,13 +201,17 @@ def test_onnx_export_matches_predict_chunk(tmp_path) -> None:
     inputs = policy.export_example_inputs()
     assert [list(t.shape) for t in inputs] == [[1, 2, STATE_DIM], [1, 2, 3, *IMAGE], [1, 2, 3, *IMAGE],
                                                [1, config.chunk_length, ACTION_DIM]]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (action,) = session.run(["action"], {n: t.numpy() for n, t in zip(names, inputs)})
-    feed = dict(zip(names, inputs))
-    noise = feed.pop("noise")
-    expected = policy.predict_chunk(feed, noise).numpy()
+    action, expected = _onnx_and_torch(policy, path)
     assert action.shape == (1, config.chunk_length, ACTION_DIM)
     assert np.abs(action - expected).max() < 1e-4
+
+
+def _onnx_and_torch(policy: DiffusionPolicy, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The exported graph's action and predict_chunk's, on the export's example inputs (noise last)."""
+    names, inputs = policy.export_input_names(), policy.export_example_inputs()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (action,) = session.run(["action"], {n: t.numpy() for n, t in zip(names, inputs)})
+    return action, policy.predict_chunk(dict(zip(names[:-1], inputs[:-1])), inputs[-1]).numpy()
 
 
 def _runtime_ops(path: Path, tmp_path: Path) -> list[str]:
@@ -224,11 +228,7 @@ def test_batch_relu_blocks_fold_into_the_convolutions(tmp_path: Path, one_thread
     with torch.no_grad():
         folded.train().compute_loss(batch)  # running statistics that are not the identity
     path = export_onnx(folded.eval(), tmp_path / "batch_relu.onnx")
-    names = folded.export_input_names()
-    inputs = folded.export_example_inputs()
-    (action,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        ["action"], {n: t.numpy() for n, t in zip(names, inputs)})
-    expected = folded.predict_chunk(dict(zip(names[:-1], inputs[:-1])), inputs[-1]).numpy()
+    action, expected = _onnx_and_torch(folded, path)
     assert np.abs(action - expected).max() < 1e-4
     ops = _runtime_ops(path, tmp_path)
     grouped = _runtime_ops(export_onnx(tiny_policy(), tmp_path / "group_mish.onnx"), tmp_path)
