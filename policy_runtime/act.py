@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tether.errors import ConfigError
 from tether.policy_runtime.backbone import NORMS, ResNet
 from tether.policy_runtime.models import (ACTION, ACTION_IS_PAD, STATE, PolicyModel, as_int_tuple, hold_padding,
-                                          image_key, masked_mean, require_positive)
+                                          image_key, masked_mean, require_backbone_width, require_positive)
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class ACTConfig:
         as_int_tuple(self, "backbone_blocks")
         require_positive(self, ("chunk_length", "n_obs_steps", "backbone_width", "backbone_blocks", "dim_model",
                                 "n_heads", "dim_feedforward", "n_encoder_layers", "n_decoder_layers", "latent_dim"))
+        require_backbone_width(self)
         if self.norm not in NORMS:
             raise ConfigError(f"ACTConfig.norm '{self.norm}' is unknown; valid: {', '.join(NORMS)}")
         if self.dim_model % self.n_heads:

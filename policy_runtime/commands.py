@@ -34,8 +34,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="fine-tune: a new run that starts at RUN's latest weights, keeping its architecture, "
                         "image size and normalization")
     t.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
-    t.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores; 1 leaves a core free)")
-    t.set_defaults(func=_train)
+    t.add_argument("--threads", type=int, help="CPU threads for torch, fixed at start-up like `tether --threads N` "
+                   "(default: $TETHER_THREADS, else torch's: the physical cores; 1 leaves a core free)")
+    t.set_defaults(func=_train, uses_torch=True)
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -72,10 +73,6 @@ def _train(a: argparse.Namespace) -> int:
         base, **{k: v for k, v in chosen.items() if v is not None}, only_success=not a.include_failed)
     if a.resume:  # the run keeps its own config; only --steps may extend it
         config = dataclasses.replace(base, steps=a.steps) if a.steps else None
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
     run = tr.train(a.policy, a.dataset, a.out, config=config, size=a.size or "cpu", overrides=_overrides(a.set),
                    resume=a.resume, init_from=a.init_from, device=a.device)
     print(f"run: {run}  (loss plot: {run / 'loss.png'}; export with `tether export {run} --out MODEL_DIR`)")
@@ -89,17 +86,17 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: build dynamic and static-QDQ variants, keep the fastest within --tolerance")
     e.add_argument("--tolerance", type=float, default=0.05, help="max INT8 action error vs fp32, rad")
-    e.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the timings")
+    e.add_argument("--threads", type=int, help="CPU threads for torch and the onnxruntime timings, fixed at start-up "
+                   "like `tether --threads N` (default: $TETHER_THREADS, else torch's: the physical cores)")
     e.add_argument("--no-fp32-reference", action="store_true",
                    help="with --quantize int8: do not keep model.fp32.onnx beside the INT8 graph (smaller folder)")
-    e.set_defaults(func=_export)
+    e.set_defaults(func=_export, uses_torch=True)
 
 
 def _export(a: argparse.Namespace) -> int:
     from tether.policy_runtime.export import export
 
-    out = export(a.run, a.out, quantize=a.quantize, tolerance_rad=a.tolerance, threads=a.threads,
-                 keep_reference=not a.no_fp32_reference)
+    out = export(a.run, a.out, quantize=a.quantize, tolerance_rad=a.tolerance, keep_reference=not a.no_fp32_reference)
     print((out / "parity.md").read_text())
     print(f"model: {out}  (rehearse it: tether rehearse --source policy --policy {out})")
     return 0

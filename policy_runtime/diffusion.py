@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from tether.errors import ConfigError, PolicyError
 from tether.policy_runtime.backbone import NORMS, ResNet, SpatialSoftmax
 from tether.policy_runtime.models import (ACTION, ACTION_IS_PAD, NOISE, STATE, PolicyModel, as_int_tuple, hold_padding,
-                                          image_key, masked_mean, require_positive)
+                                          image_key, masked_mean, require_backbone_width,
+                                          require_positive)
 
 UNET_BLOCKS = ("group_mish", "batch_relu")
 
@@ -61,6 +62,7 @@ class DiffusionConfig:
         require_positive(self, ("chunk_length", "n_obs_steps", "backbone_width", "backbone_blocks", "num_keypoints",
                                 "down_dims", "kernel_size", "n_groups", "step_embed_dim", "num_train_timesteps",
                                 "ddim_steps", "clip_sample_range"))
+        require_backbone_width(self)
         self._check_choices()
 
     def _check_choices(self) -> None:

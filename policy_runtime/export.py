@@ -8,12 +8,14 @@ the fastest one whose action error stays within tolerance ships as ``model.onnx`
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +37,12 @@ from tether.errors import PolicyError
 from tether.policy_runtime import manifest as mf
 from tether.policy_runtime.batches import BatchSource
 from tether.policy_runtime.dataset import load_demos
-from tether.policy_runtime.models import PolicyModel
+from tether.policy_runtime.models import PolicyModel, export_onnx
+from tether.policy_runtime.threads import count as thread_count
 from tether.policy_runtime.train import RunSpec, load_run, load_weights
 
-OPSET = 17
 MODES = ("none", "int8")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,22 @@ class Variant:
     p99_ms: float
     action_err_max: float  # robot units (rad), vs fp32 ONNX, over held-out frames
     action_err_mean: float
+
+
+@dataclass
+class Measured:
+    """One network's graphs, measured on the same frames: fp32 against torch, each INT8 variant against fp32."""
+
+    fp32: Variant
+    fp32_vs_torch_max_abs_err: float  # normalized units
+    fp32_vs_torch_action_err: float  # in the units of the ``std`` it was measured with (rad for a trained run)
+    int8: list[Variant] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # INT8 variant -> why it could not be built or run
+
+    def fastest_within(self, tolerance_rad: float) -> Variant | None:
+        """The fastest INT8 variant whose action error stays within ``tolerance_rad``; None when none does."""
+        within = [v for v in self.int8 if v.action_err_max <= tolerance_rad]
+        return min(within, key=lambda v: v.p50_ms) if within else None
 
 
 def held_out_source(spec: RunSpec, model: PolicyModel) -> BatchSource:
@@ -75,15 +94,14 @@ def held_out_inputs(src: BatchSource, model: PolicyModel, count: int, seed: int 
 
 
 def to_onnx(model: PolicyModel, path: Path) -> None:
-    module = model.export_module().eval()
     with torch.no_grad():
-        torch.onnx.export(module, model.export_example_inputs(1), str(path), input_names=model.export_input_names(),
-                          output_names=[mf.ACTION], opset_version=OPSET, dynamo=False)
+        export_onnx(model, path)  # batch 1, with the exporter's notices about tracing filtered where they arise
 
 
-def session(path: Path, threads: int = 2) -> ort.InferenceSession:
+def session(path: Path) -> ort.InferenceSession:
+    """A CPU session with the process's thread count (a per-session option: nothing global changes)."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = thread_count()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
@@ -131,8 +149,45 @@ class _Calibration(CalibrationDataReader):
 _UNTYPED_ARE_FLOAT = {"DefaultTensorType": onnx.TensorProto.FLOAT}
 
 
+class _QuantizerNotes(logging.Filter):
+    """onnxruntime.quantization tells the root logger about every weight it quantizes per tensor instead of per
+    channel ('Axis 1 is out-of-range for weight ...', a hundred lines a graph). The parity report measures what
+    that costs, so these notes go to this module's log at INFO; the quantizer's errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname or \
+                "quantization" not in record.pathname:
+            return True
+        log.info("onnxruntime.quantization: %s", record.getMessage())
+        return False
+
+
+@contextmanager
+def quantizer_notes_to_log() -> Iterator[None]:
+    root, notes = logging.getLogger(), _QuantizerNotes()
+    # logging.warning() installs a stderr handler on a bare root logger for good; stand in for it meanwhile,
+    # so whatever the filter lets through is shown the way that handler would have shown it.
+    stand_in = logging.StreamHandler() if not root.handlers else None
+    if stand_in is not None:
+        stand_in.setLevel(logging.WARNING)  # tether's own INFO (the notes above) propagates here too
+        stand_in.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+        root.addHandler(stand_in)
+    root.addFilter(notes)
+    try:
+        yield
+    finally:
+        root.removeFilter(notes)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
+
+
 def quantize_variants(fp32: Path, out: Path, calib: list[dict[str, np.ndarray]]) -> dict[str, Path | str]:
     """Each INT8 variant's file, or why it could not be built (kept in the parity report)."""
+    with quantizer_notes_to_log():
+        return _quantize_variants(fp32, out, calib)
+
+
+def _quantize_variants(fp32: Path, out: Path, calib: list[dict[str, np.ndarray]]) -> dict[str, Path | str]:
     pre = out / "model.pre.onnx"
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     builders = {
@@ -170,10 +225,42 @@ def _action_err(a: np.ndarray, b: np.ndarray, std: np.ndarray) -> tuple[float, f
     return float(diff.max()), float(diff.mean())
 
 
+def measure(model: PolicyModel, fp32: Path, feeds: list[dict[str, np.ndarray]], std: np.ndarray, *,
+            timing_runs: int, calib: list[dict[str, np.ndarray]] | None = None) -> Measured:
+    """Time ``fp32`` (the model's graph) on ``feeds[0]`` and compare it with torch on every feed; with ``calib``,
+    build every INT8 variant beside it (calibrated on those frames) and compare each with fp32.
+
+    Errors are ``|a - b| * std``: robot units when ``std`` is the action normalization's.
+    """
+    eager = eager_actions(model, feeds)
+    fp32_session = session(fp32)
+    ref = run_all(fp32_session, feeds)
+    err_max, _ = _action_err(ref, eager, std)
+    measured = Measured(Variant("none", fp32.name, *time_session(fp32_session, feeds[0], timing_runs), 0.0, 0.0),
+                        float(np.abs(ref - eager).max()), err_max)
+    if calib is None:
+        return measured
+    for q, path in quantize_variants(fp32, fp32.parent, calib).items():
+        if isinstance(path, str):
+            measured.failed[q] = path
+            continue
+        try:
+            sess = session(path)
+            e_max, e_mean = _action_err(run_all(sess, feeds), ref, std)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+            measured.failed[q] = f"{type(exc).__name__}: {exc}"
+            continue
+        measured.int8.append(Variant(q, path.name, *time_session(sess, feeds[0], timing_runs), e_max, e_mean))
+    return measured
+
+
 def export(run: Path | str, out: Path | str, *, quantize: str = "none", parity_frames: int = 64,
-           calib_frames: int = 128, tolerance_rad: float = 0.05, threads: int = 2,
-           timing_runs: int = 200, keep_reference: bool = True) -> Path:
-    """Write ``out``: model.onnx (+ the fp32 graph when quantized), manifest.json, parity.json, parity.md."""
+           calib_frames: int = 128, tolerance_rad: float = 0.05, timing_runs: int = 200,
+           keep_reference: bool = True) -> Path:
+    """Write ``out``: model.onnx (+ the fp32 graph when quantized), manifest.json, parity.json, parity.md.
+
+    onnxruntime runs at the process's thread count (``tether --threads N``), like torch.
+    """
     if quantize not in MODES:
         raise PolicyError(f"unknown quantization {quantize!r}; choices: {', '.join(MODES)}")
     run, out = Path(run), Path(out)
@@ -183,35 +270,19 @@ def export(run: Path | str, out: Path | str, *, quantize: str = "none", parity_f
     to_onnx(model, fp32)
     held_out = held_out_source(spec, model)
     feeds = held_out_inputs(held_out, model, parity_frames)
-    std = np.asarray(spec.normalization[mf.ACTION].std, dtype=np.float32)
-    eager = eager_actions(model, feeds)
-    ref = run_all(session(fp32, threads), feeds)
-    p50, p99 = time_session(session(fp32, threads), feeds[0], timing_runs)
-    err_max, err_mean = _action_err(ref, eager, std)
-    report: dict[str, Any] = {"run": str(run), "frames": len(feeds), "threads": threads,
-                              "fp32_vs_torch_max_abs_err": float(np.abs(ref - eager).max()),
-                              "fp32_vs_torch_action_err_rad": err_max,
-                              "variants": [asdict(Variant("none", fp32.name, p50, p99, 0.0, 0.0))]}
-    chosen = Variant("none", fp32.name, p50, p99, 0.0, 0.0)
-    if quantize == "int8":
-        calib = held_out_inputs(held_out, model, calib_frames, seed=1)
-        for q, path in quantize_variants(fp32, out, calib).items():
-            if isinstance(path, str):
-                report.setdefault("failed_variants", {})[q] = path
-                continue
-            try:
-                sess = session(path, threads)
-                e_max, e_mean = _action_err(run_all(sess, feeds), ref, std)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
-                report.setdefault("failed_variants", {})[q] = f"{type(exc).__name__}: {exc}"
-                continue
-            v = Variant(q, path.name, *time_session(sess, feeds[0], timing_runs), e_max, e_mean)
-            report["variants"].append(asdict(v))
-            if e_max <= tolerance_rad and (chosen.quantization == "none" or v.p50_ms < chosen.p50_ms):
-                chosen = v
-        if chosen.quantization == "none":
-            raise PolicyError(f"no INT8 variant kept the action error within {tolerance_rad} rad of fp32: "
-                              f"{report['variants'][1:]}; ship fp32 (--quantize none) or raise --tolerance")
+    calib = held_out_inputs(held_out, model, calib_frames, seed=1) if quantize == "int8" else None
+    m = measure(model, fp32, feeds, np.asarray(spec.normalization[mf.ACTION].std, dtype=np.float32),
+                timing_runs=timing_runs, calib=calib)
+    report: dict[str, Any] = {"run": str(run), "frames": len(feeds), "threads": thread_count(),
+                              "fp32_vs_torch_max_abs_err": m.fp32_vs_torch_max_abs_err,
+                              "fp32_vs_torch_action_err_rad": m.fp32_vs_torch_action_err,
+                              "variants": [asdict(v) for v in [m.fp32, *m.int8]]}
+    if m.failed:
+        report["failed_variants"] = m.failed
+    chosen = m.fp32 if quantize == "none" else m.fastest_within(tolerance_rad)
+    if chosen is None:
+        raise PolicyError(f"no INT8 variant kept the action error within {tolerance_rad} rad of fp32: "
+                          f"{report['variants'][1:]}; ship fp32 (--quantize none) or raise --tolerance")
     _keep_only(out, chosen, keep_reference)
     report["chosen"] = asdict(chosen)
     report["tolerance_rad"] = tolerance_rad

@@ -66,6 +66,18 @@ def require_positive(config: object, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{type(config).__name__}.{name} must be positive, got {value!r}")
 
 
+MIN_BACKBONE_WIDTH = 8
+
+
+def require_backbone_width(config: object) -> None:
+    """Backbones at least 8 channels wide: oneDNN 3.12 (torch 2.13 CPU) trains a strided 1x1 convolution with 2-6
+    input channels through an AVX2 kernel that corrupts the heap at 1 thread and reads garbage at 2."""
+    width = getattr(config, "backbone_width")
+    if width < MIN_BACKBONE_WIDTH:
+        raise ConfigError(f"{type(config).__name__}.backbone_width {width} is below {MIN_BACKBONE_WIDTH}: oneDNN's "
+                          "AVX2 kernels for so few channels corrupt memory in training; use 8 or more (cpu: 16)")
+
+
 def as_int_tuple(config: object, name: str) -> None:
     """JSON gives lists where the dataclass wants a tuple: convert in place (frozen-safe)."""
     value = getattr(config, name)

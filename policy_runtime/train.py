@@ -4,6 +4,13 @@ A run folder holds ``run.json`` (what was trained on, the policy config, the
 normalization), ``metrics.jsonl``, ``loss.png`` and ``checkpoints/step_NNNNNNN/``
 with safetensors files only (weights, EMA weights, optimizer moments, RNG state),
 so resuming never unpickles anything.
+
+What resume guarantees: the run continues from exactly the saved state. On CPU it is
+bit-identical to an uninterrupted run when it resumes with the same thread count, CPU
+kernels and torch build; training runs in torch's deterministic mode there, so an op
+that could break this raises instead. Each checkpoint's ``state.json`` records these
+(:func:`numerics`); resuming with others warns (:class:`ResumeNotBitExact`) and goes
+on: float sums then round differently, as in any two runs at different thread counts.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ import math
 import os
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,47 @@ RUN_FILE = "run.json"
 
 class TrainError(TetherError):
     """A training run cannot start or resume as asked."""
+
+
+class ResumeNotBitExact(UserWarning):
+    """A run resumes with other numerics than its checkpoint's: same state, but its steps round differently."""
+
+
+def numerics(device: torch.device) -> dict[str, Any]:
+    """What decides how a run's steps round; resuming with all of it unchanged is bit-exact on CPU."""
+    return {"device": device.type, "threads": torch.get_num_threads(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
+def check_numerics(saved: dict[str, Any] | None, now: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """What differs between a checkpoint's numerics and this process's ({} when nothing); warns when any does."""
+    if saved is None:  # a checkpoint from before they were recorded
+        changed: dict[str, Any] = {"numerics": "not recorded in the checkpoint"}
+    else:
+        changed = {k: [saved.get(k), v] for k, v in now.items() if saved.get(k) != v}
+    if changed:
+        what = "; ".join(f"{k}: {v}" if isinstance(v, str) else f"{k} {v[0]} -> {v[1]}" for k, v in changed.items())
+        warnings.warn(f"resuming from {checkpoint}: {what}. The run continues from the exact saved state, but not "
+                      "bit-exactly: that needs the checkpoint's thread count (`tether --threads N` or TETHER_THREADS), "
+                      "CPU kernels and torch build", ResumeNotBitExact, stacklevel=2)
+    return changed
+
+
+@contextmanager
+def deterministic_on(device: torch.device) -> Iterator[None]:
+    """torch's deterministic algorithms for the block on CPU (an op without one raises rather than drift), then
+    the previous setting. Not on CUDA, where it also needs CUBLAS_WORKSPACE_CONFIG and costs speed."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 @dataclass(frozen=True)
@@ -197,7 +248,8 @@ class Trainer:
         opt_tensors, opt_meta = _flatten_optimizer(self.opt)
         save_file({**opt_tensors, "rng.torch": torch.get_rng_state(), "rng.sampler": self.gen.get_state()},
                   str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": self.step, "optimizer": opt_meta}))
+        (tmp / "state.json").write_text(json.dumps({"step": self.step, "optimizer": opt_meta,
+                                                    "numerics": numerics(self.device)}))
         if folder.exists():  # re-saving a step (a resumed run that had already reached it)
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -212,7 +264,8 @@ class Trainer:
             ema = folder / "ema.safetensors"
             self.ema.load_state_dict(load_file(str(ema), device=str(self.device)) if ema.is_file() else weights)
 
-    def resume(self) -> None:
+    def resume(self) -> dict[str, Any]:
+        """Load the latest checkpoint; returns how this process's numerics differ from its own (see module doc)."""
         folder = latest_checkpoint(self.out)
         self.model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(self.device)))
         if self.ema is not None:
@@ -223,6 +276,7 @@ class Trainer:
         torch.set_rng_state(tensors["rng.torch"])
         self.gen.set_state(tensors["rng.sampler"])
         self.step = int(meta["step"])
+        return check_numerics(meta.get("numerics"), numerics(self.device), folder)
 
 
 def latest_checkpoint(run: Path) -> Path:
@@ -346,14 +400,22 @@ def train(policy: str, dataset: Path | str, out: Path | str, *, config: TrainCon
             spec, demos = new_run(policy, Path(dataset), config, size, overrides or {}, progress)
         out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / RUN_FILE, json.dumps(dataclasses.asdict(spec), indent=2))
-    trainer = Trainer(out, spec, demos, dev)
-    if resume:
-        trainer.resume()
-        _drop_metrics_after(out / "metrics.jsonl", trainer.step)
-    elif spec.init_from:
-        trainer.start_from(Path(spec.init_from))
-    _loop(trainer, progress)
+    with deterministic_on(dev):
+        trainer = Trainer(out, spec, demos, dev)
+        if resume:
+            changed = trainer.resume()
+            _drop_metrics_after(out / "metrics.jsonl", trainer.step)
+            _log_resume(out / "metrics.jsonl", trainer.step, changed)
+        elif spec.init_from:
+            trainer.start_from(Path(spec.init_from))
+        _loop(trainer, progress)
     return out
+
+
+def _log_resume(path: Path, step: int, changed: dict[str, Any]) -> None:
+    """metrics.jsonl keeps where a run resumed and with which numerics changed (see the module doc)."""
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": step, "resumed": True, "same_numerics": not changed, "changed": changed}) + "\n")
 
 
 def _loop(trainer: Trainer, progress: bool) -> None:

@@ -10,12 +10,14 @@ from tether.robot_profile import RobotProfile
 from tether.teleop.dataset import DatasetSpec, DatasetWriter
 
 FPS = 10
-# Tiny networks for tests of the trainer and the exporter, not of learning the task.
+# Tiny networks for tests of the trainer and the exporter, not of learning the task. Backbone width 8, not 4:
+# oneDNN 3.12's AVX2 kernel for a strided 1x1 convolution with 2-6 input channels (channels-last) corrupts
+# the heap at 1 thread and reads garbage at 2 (onednn_verbose: jit_1x1:avx2 backward_weights, ic4 padded to 8).
 TINY = {
-    "act": {"backbone_width": 4, "backbone_blocks": (1, 1, 1, 1), "dim_model": 32, "n_heads": 2,
+    "act": {"backbone_width": 8, "backbone_blocks": (1, 1, 1, 1), "dim_model": 32, "n_heads": 2,
             "dim_feedforward": 64, "n_encoder_layers": 1, "n_vae_encoder_layers": 1, "latent_dim": 8,
             "chunk_length": 4},
-    "diffusion": {"backbone_width": 4, "backbone_blocks": (1, 1, 1, 1), "num_keypoints": 4, "down_dims": (16, 32),
+    "diffusion": {"backbone_width": 8, "backbone_blocks": (1, 1, 1, 1), "num_keypoints": 4, "down_dims": (16, 32),
                   "step_embed_dim": 16, "n_groups": 4, "chunk_length": 4, "num_train_timesteps": 10,
                   "ddim_steps": 4},
 }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,6 @@ STATE_DIM, ACTION_DIM, CAMERAS, IMAGE = 4, 3, ["front"], (32, 32)
 TINY = DiffusionConfig(chunk_length=8, backbone_width=8, backbone_blocks=(1,), num_keypoints=4, crop_fraction=1.0,
                        down_dims=(16, 32), kernel_size=3, n_groups=4, step_embed_dim=16, num_train_timesteps=50,
                        ddim_steps=5)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny nets train faster on one thread (and leave the other core to the rest of the suite)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_policy(config: DiffusionConfig = TINY, cameras: list[str] = CAMERAS) -> DiffusionPolicy:
@@ -142,7 +132,7 @@ def test_padded_actions_do_not_change_the_loss() -> None:
 
 
 @pytest.mark.parametrize("unet_block", ["group_mish", "batch_relu"])
-def test_a_few_hundred_steps_overfit_a_tiny_batch(one_thread: None, unet_block: str) -> None:
+def test_a_few_hundred_steps_overfit_a_tiny_batch(unet_block: str) -> None:
     policy = tiny_policy(dataclasses.replace(TINY, unet_block=unet_block)).train()
     batch = make_batch()
     # Each sample 4 times per step: more (timestep, noise) draws, so the noisy loss falls steadily.
@@ -222,7 +212,7 @@ def _runtime_ops(path: Path, tmp_path: Path) -> list[str]:
     return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
 
 
-def test_batch_relu_blocks_fold_into_the_convolutions(tmp_path: Path, one_thread: None) -> None:
+def test_batch_relu_blocks_fold_into_the_convolutions(tmp_path: Path) -> None:
     folded = tiny_policy(dataclasses.replace(TINY, unet_block="batch_relu"))
     batch = make_batch()
     with torch.no_grad():
@@ -243,3 +233,5 @@ def test_chunk_length_must_suit_the_unet() -> None:
         DiffusionConfig(num_train_timesteps=10, ddim_steps=20)
     with pytest.raises(ConfigError, match="unet_block 'layer' is unknown; valid: group_mish, batch_relu"):
         DiffusionConfig(unet_block="layer")
+    with pytest.raises(ConfigError, match="DiffusionConfig.backbone_width 6 is below 8"):
+        DiffusionConfig(backbone_width=6)
