@@ -180,3 +180,19 @@ class PolicyOutputError(PolicyError):
 
 class WriterProcessError(DatasetError):
     """The dataset writer's worker process died, failed or stopped answering; recording cannot go on."""
+
+
+class DiskFullError(DatasetError):
+    """The disk holding a dataset filled up; what was flushed before it stays for ``tether dataset recover``."""
+
+    def __init__(self, root: object, doing: str, reason: str = "No space left on device") -> None:
+        super().__init__(f"the disk holding {root} is full ({reason}) while {doing}; free space, then run "
+                         f"`tether dataset recover {root}`")
+        self.root, self.doing, self.reason = root, doing, reason
+
+    def __reduce__(self) -> tuple[type, tuple[object, str, str]]:  # crosses the writer process's pipe
+        return type(self), (self.root, self.doing, self.reason)
+
+
+class WriterDiskFullError(DiskFullError, WriterProcessError):
+    """The dataset writer process stopped because the disk holding the dataset is full."""

@@ -164,7 +164,13 @@ class CollectArgs:
     # the policy's own commands are recorded with control_source "policy" and are not trained on).
     autonomous: str = "expert"
     policy: str = ""  # autonomous "policy": its model folder ("": the model shipped with the repo)
+    # A session that fails (a node dies, the graph is stopped) mid-episode: the recorder commits that
+    # episode as truncated (outcome unknown), or discards it.
+    on_abort: str = "truncate"
 
+
+# What the recorder does with the episode it is recording when the session fails (see CollectArgs).
+ON_ABORT = ("truncate", "discard")
 
 # expert: no device; the autonomous source (the expert, or a policy) drives alone. replay: the
 # autonomous source drives, then the scripted expert, standing in for a human, takes over
@@ -177,6 +183,8 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
     """Rehearsal's loop plus the recorder: every episode lands in a LeRobotDataset v3."""
     if a.device not in DEVICES:
         raise TetherError(f"unknown device '{a.device}'; devices: {', '.join(DEVICES)}")
+    if a.on_abort not in ON_ABORT:
+        raise TetherError(f"unknown on_abort '{a.on_abort}'; choices: {', '.join(ON_ABORT)}")
     base = rehearsal_graph(
         RehearsalArgs(
             robot=a.robot, task=a.task, source=a.autonomous, episodes=a.episodes, seed=a.seed, report=a.report,
@@ -190,7 +198,7 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
         "recorder_node",
         "recorder",
         {"robot": a.robot, "dataset": a.dataset, "camera_width": a.camera_width, "camera_height": a.camera_height,
-         "autonomous_source": a.autonomous, "log_images": a.mcap_images},
+         "autonomous_source": a.autonomous, "log_images": a.mcap_images, "on_abort": a.on_abort},
         process="sim_station",
     )
     teleop: dict[str, ParamValue] = {"robot": a.robot, "device": a.device, "takeover_after": a.takeover_after}

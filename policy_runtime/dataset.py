@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from tether.errors import DatasetError, DatasetLayoutError
 from tether.teleop.dataset import layout
-from tether.teleop.dataset.validate import read_episodes
+from tether.teleop.dataset.layout import read_episodes, require
 
 STATE = "observation.state"
 ACTION = "action"
@@ -85,8 +85,10 @@ def load_demos(root: Path | str, *, image_size: tuple[int, int] | None = None, o
                episodes: list[int] | None = None, progress: Callable[[int, int], None] | None = None) -> DemoSet:
     """Decode the chosen episodes; ``image_size`` (H, W) resizes frames while decoding.
 
-    With ``only_success``, episodes recorded as failures are left out (unknown outcomes stay).
-    Episodes in which a policy drove throughout (no demonstrated action) are left out too.
+    With ``only_success``, episodes recorded as failures are left out (unknown outcomes stay); a
+    dataset whose episodes lost their ``success`` column (a tool that keeps only LeRobot's columns)
+    is then refused rather than read as all-unknown. Episodes in which a policy drove throughout
+    (no demonstrated action) are left out too.
     """
     root = Path(root)
     info = read_info(root)
@@ -97,7 +99,7 @@ def load_demos(root: Path | str, *, image_size: tuple[int, int] | None = None, o
     h, w = info["features"][IMAGE_PREFIX + cameras[0]]["shape"][:2]
     size = image_size or (int(h), int(w))
     all_rows = episode_rows(root)
-    rows = [r for r in all_rows if _wanted(r, only_success, episodes)]
+    rows = _chosen(root, all_rows, only_success, episodes)
     if not rows:
         raise DatasetError(f"{root}: no episodes left to train on (only_success={only_success}, episodes={episodes})")
     tables: dict[tuple[int, int], Any] = {}
@@ -138,10 +140,14 @@ def _video_path(root: Path, info: dict[str, Any], row: dict[str, Any], vkey: str
                                             file_index=row[f"videos/{vkey}/file_index"])
 
 
-def _wanted(row: dict[str, Any], only_success: bool, episodes: list[int] | None) -> bool:
-    if episodes is not None and row["episode_index"] not in episodes:
-        return False
-    return not (only_success and row.get("success") is False)
+def _chosen(root: Path, rows: list[dict[str, Any]], only_success: bool,
+            episodes: list[int] | None) -> list[dict[str, Any]]:
+    rows = [r for r in rows if episodes is None or r["episode_index"] in episodes]
+    if not only_success:
+        return rows
+    require(root, rows, "success", "the failed episodes cannot be told apart: train on every episode with "
+            "--include-failed (only_success=False), or restore the column")
+    return [r for r in rows if r["success"] is not False]
 
 
 def _episode(root: Path, info: dict[str, Any], row: dict[str, Any], cameras: list[str],

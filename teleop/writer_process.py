@@ -20,12 +20,12 @@ What a crash loses, beside :class:`DatasetWriter`'s own guarantees (1 s segments
   (at most the ring, ``ring_seconds``; none while it keeps up);
 - the recording process killed: nothing it had handed over. The worker writes every frame it was
   sent, closes the segment and the MCAP log and exits, leaving the episode staged for
-  ``tether dataset recover``.
+  ``tether dataset recover``, which commits it as truncated.
 
 The worker dying is never silent: the next call, or :meth:`WriterProcess.check`, raises
 :class:`WriterProcessError` saying how it ended and what was in flight. It ignores SIGINT (a
 terminal's Ctrl-C reaches the whole process group); its owner stops it with ``close()``, which
-commits the running episode like ``DatasetWriter.close``.
+ends a running episode like ``DatasetWriter.close``: committed as truncated, or discarded.
 """
 
 from __future__ import annotations
@@ -48,10 +48,17 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from tether.errors import DatasetError, EpisodeStateError, McapLogError, WriterProcessError
-from tether.teleop.dataset.layout import DatasetSpec, read_info, spec_from_info
-from tether.teleop.dataset.writer import CommitResult, DatasetWriter, FrameCheck
-from tether.teleop.mcap_log import McapLog
+from tether.errors import (
+    DatasetError,
+    DiskFullError,
+    EpisodeStateError,
+    McapLogError,
+    WriterDiskFullError,
+    WriterProcessError,
+)
+from tether.teleop.dataset.layout import DatasetSpec, disk_full, read_info, spec_from_info
+from tether.teleop.dataset.writer import CommitResult, DatasetWriter, FrameCheck, check_on_abort
+from tether.teleop.mcap_log import McapLog, TopicQos
 from tether.teleop.slot_ring import SlotRing
 
 _CTX = multiprocessing.get_context("spawn")
@@ -204,13 +211,16 @@ class WriterProcess:
 
     # -- the raw MCAP log
 
-    def open_log(self, path: Path | str, topics: Mapping[str, str]) -> None:
-        """A new rosbag2 bag at ``path`` for ``topics`` (name -> message type)."""
-        self._call("log_open", str(path), dict(topics))
+    def open_log(self, path: Path | str, topics: Mapping[str, str], qos: Mapping[str, TopicQos] | None = None) -> None:
+        """A new rosbag2 bag at ``path`` for ``topics`` (name -> message type); ``qos``: each one's recorded QoS."""
+        if qos is not None and set(qos) != set(topics):
+            raise McapLogError(f"raw log: QoS given for {', '.join(sorted(qos)) or '(none)'}; "
+                               f"give one for each logged topic: {', '.join(sorted(topics))}")
+        self._call("log_open", str(path), dict(topics), dict(qos or {}))
         self._topics = dict(topics)
 
     def log(self, topic: str, cdr: bytes, stamp_ns: int) -> None:
-        """Log one message given as CDR bytes (``rclpy.serialization.serialize_message``)."""
+        """Log one message given as the CDR bytes a raw subscription received."""
         self.check()
         if self._topics is None or topic not in self._topics:
             raise McapLogError(f"raw log: topic '{topic}' is not in the open log; its topics: "
@@ -240,12 +250,13 @@ class WriterProcess:
         if self._error is not None:
             raise self._error
 
-    def close(self, success: bool | None = None) -> None:
-        """Close the log, commit a running episode (outcome ``success``) or drop an empty one, stop the worker."""
+    def close(self, on_abort: str = "truncate") -> None:
+        """Close the log, end a running episode as ``on_abort`` says (see ``DatasetWriter.close``), stop the worker."""
         if self._closed:
             return
+        check_on_abort(on_abort)
         try:
-            self._call("close", success, timeout=_COMMIT_TIMEOUT_S)
+            self._call("close", on_abort, timeout=_COMMIT_TIMEOUT_S)
         finally:
             self._shut()
 
@@ -289,6 +300,8 @@ class WriterProcess:
             self._fail(self._died())
         if kind == "fatal":
             self._fail(WriterProcessError(f"the dataset writer process failed: {value}{self._in_flight()}"))
+        if kind == "disk_full":  # the cause in one line: the recorder logs it, and the graph fails with it
+            self._fail(WriterDiskFullError(self.root, *value))
         self._totals = totals or self._totals
         if kind == "error":
             raise value
@@ -345,7 +358,8 @@ def serve(conn: Connection, ring: SlotRing, root: str, spec: DatasetSpec, segmen
     try:
         worker = _Worker(ring, Path(root), spec, segment_seconds)
     except Exception as exc:  # noqa: BLE001 - the owner raises it
-        conn.send(("error", _portable(exc), None))
+        full = _disk_full(exc, "opening the dataset")
+        conn.send(("disk_full", full, None) if full else ("error", _portable(exc), None))
         return
     conn.send(("ok", worker.recovery, worker.totals()))
     worker.run(conn)
@@ -393,6 +407,7 @@ class _Worker:
         try:
             reply = ("ok", self.handlers[op](*args), self.totals())
         except Exception as exc:  # noqa: BLE001 - the owner raises it (a refused call, not a dead worker)
+            self._stop_if_disk_full(conn, op, exc)
             reply = ("error", _portable(exc), self.totals())
         conn.send(reply)
         return op != "close"
@@ -401,11 +416,28 @@ class _Worker:
         try:
             self.handlers[op](*args)
         except Exception as exc:  # noqa: BLE001 - fatal: nobody waits for an answer, so fail loudly
+            self._stop_if_disk_full(conn, op, exc)
             traceback.print_exc()  # into the owner's log (stderr is inherited)
-            with contextlib.suppress(OSError):
-                conn.send(("fatal", f"{op}: {type(exc).__name__}: {exc}", None))
-            self.abandon()
-            sys.exit(1)
+            self._stop(conn, ("fatal", f"{op}: {type(exc).__name__}: {exc}", None))
+
+    def _stop_if_disk_full(self, conn: Connection, op: str, exc: Exception) -> None:
+        """Nothing more can be written: say so in one line (no traceback to bury it) and end."""
+        full = _disk_full(exc, self._doing(op))
+        if full is not None:
+            self._stop(conn, ("disk_full", full, None))
+
+    def _stop(self, conn: Connection, message: tuple[str, Any, None]) -> NoReturn:
+        with contextlib.suppress(OSError):
+            conn.send(message)
+        self.abandon()
+        sys.exit(1)
+
+    def _doing(self, op: str) -> str:
+        episode = f"episode {self.writer.num_episodes}"  # the running one's index, as begin_episode returned it
+        log = f"the raw log {self.log.path}" if self.log is not None else "the raw log"
+        return {"begin": "beginning an episode", "frame": f"writing the frames of {episode}",
+                "end": f"committing {episode}", "discard": f"discarding {episode}", "log_open": "opening a raw log",
+                "log": f"writing {log}", "log_close": f"closing {log}", "close": "closing the dataset"}.get(op, op)
 
     def frame(self, slots: list[int], state: list[float], action: list[float], capture_time_ns: int,
               intervention: bool, control_source: str, phase: str) -> None:
@@ -421,11 +453,11 @@ class _Worker:
         index = self.writer.end_episode(success)
         return index, self.writer.last_commit
 
-    def log_open(self, path: str, topics: dict[str, str]) -> None:
+    def log_open(self, path: str, topics: dict[str, str], qos: dict[str, TopicQos]) -> None:
         self.log_close()
         self.log = McapLog(path)
         for topic, msgtype in topics.items():
-            self.log.add_topic(topic, msgtype)
+            self.log.add_topic(topic, msgtype, qos=qos.get(topic))
 
     def log_write(self, topic: str, cdr: bytes | None, slot: int, nbytes: int, stamp_ns: int) -> None:
         if cdr is None:
@@ -440,9 +472,9 @@ class _Worker:
             self.log.close()
             self.log = None
 
-    def close(self, success: bool | None) -> None:
+    def close(self, on_abort: str) -> None:
         self.log_close()
-        self.writer.close(success)
+        self.writer.close(on_abort)
 
     def abandon(self) -> None:
         """Stage every frame received and close the log; the episode stays staged for recover()."""
@@ -451,6 +483,16 @@ class _Worker:
             self.log_close()
         with contextlib.suppress(Exception):
             self.writer.flush()
+
+
+def _disk_full(exc: Exception, doing: str) -> tuple[str, str] | None:
+    """(what was being done, the system's words) when ``exc`` says the disk is full, else None."""
+    if isinstance(exc, DiskFullError):  # from recovering the dataset as it opened: it says what it was doing
+        return exc.doing, exc.reason
+    full = disk_full(exc)
+    if full is None:
+        return None
+    return doing + (f" ({full.filename})" if full.filename else ""), full.reason
 
 
 def _portable(exc: Exception) -> Exception:

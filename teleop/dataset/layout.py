@@ -7,10 +7,19 @@ chunk settings), ``meta/stats.json``, ``meta/tasks.parquet`` (pandas index ``tas
 ``videos/<key>/chunk-XXX/file-XXX.mp4`` (many episodes per file, located by from/to timestamps).
 Our own bookkeeping lives in dot-folders the loader never globs: ``.staging/`` (the running
 episode) and ``meta/commit.json`` (the journal of a commit in flight).
+
+Tools that know only LeRobot's per-episode columns drop ours (:data:`TETHER_COLUMNS`). LeRobot's
+own ``delete_episodes`` (``lerobot.datasets.dataset_tools._copy_and_reindex_episodes_metadata``,
+lerobot 0.6.1) rebuilds each row from ``episode_index``, ``tasks``, ``length``, the data and video
+locations (``data/*``, ``dataset_from/to_index``, ``videos/*``) and ``stats/*`` only. The
+per-frame columns survive (they are declared features, which LeRobot copies), so intervention
+counts are taken from the data's ``intervention`` column. What cannot be rebuilt (success,
+truncated) is an error where it is needed, or shown as unknown: never a default.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -19,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tether.errors import DatasetError, DatasetLayoutError
 from tether.robot_profile import RobotProfile
+from tether.teleop.durable import fsync_dir, fsync_file
 
 CODEBASE_VERSION = "v3.0"
 DEFAULT_CHUNK_SIZE = 1000
@@ -37,6 +48,8 @@ CONTROL_SOURCES = ("policy", "human", "expert")
 PHASES = ("autonomous", "correction", "recovery")
 # Suffix of every file a commit prepares; it never matches the loader's "*/*.parquet" glob.
 TMP_SUFFIX = ".commit-tmp"
+# Ours, beside LeRobot's columns in every meta/episodes row (see the writer's Commit).
+TETHER_COLUMNS = ("success", "truncated", "intervention_frames", "capture_start_ns", "capture_end_ns")
 
 
 def camera_key(camera: str) -> str:
@@ -204,6 +217,14 @@ class Layout:
     def staging_dir(self, episode_index: int) -> Path:
         return self.staging_root / f"episode_{episode_index:06d}"
 
+    @property
+    def raw_logs(self) -> Path:
+        """The raw MCAP logs beside the dataset (``<root>_mcap/episode_XXXXXX/``): LeRobot's loader never sees them."""
+        return self.root.parent / f"{self.root.name}_mcap"
+
+    def raw_log(self, episode_index: int) -> Path:
+        return self.raw_logs / f"episode_{episode_index:06d}"
+
     def episodes_path(self, chunk: int, file: int) -> Path:
         return self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=file)
 
@@ -226,6 +247,48 @@ def read_info(root: Path) -> dict[str, Any]:
     return info
 
 
+class MissingEpisodeColumnError(DatasetError):
+    """tether's per-episode columns are absent (a tool that keeps only LeRobot's columns dropped them)."""
+
+    def __init__(self, root: Path, columns: list[str], episodes: list[int], fix: str) -> None:
+        super().__init__(
+            f"{root}: meta/episodes has no {', '.join(repr(c) for c in columns)} column for episode(s) "
+            f"{episode_ranges(episodes)}, as after a tool that keeps only LeRobot's columns "
+            f"(e.g. lerobot's delete_episodes); {fix}")
+        self.columns, self.episodes = columns, episodes
+
+
+def read_episodes(layout: Layout) -> list[dict[str, Any]]:
+    """Every row of meta/episodes; a row lacks the keys of columns its file does not have."""
+    rows: list[dict[str, Any]] = []
+    for path in sorted((layout.root / "meta" / "episodes").glob("*/*.parquet")):
+        rows += pq.read_table(path).to_pylist()
+    return rows
+
+
+def lacking(rows: list[dict[str, Any]], column: str) -> list[int]:
+    """The episode indices whose rows have no ``column``."""
+    return [int(r["episode_index"]) for r in rows if column not in r]
+
+
+def require(root: Path, rows: list[dict[str, Any]], column: str, fix: str) -> None:
+    """Raise MissingEpisodeColumnError when any of ``rows`` has no ``column``; ``fix`` says the way out."""
+    missing = lacking(rows, column)
+    if missing:
+        raise MissingEpisodeColumnError(root, [column], missing, fix)
+
+
+def episode_ranges(episodes: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    spans: list[list[int]] = []
+    for e in sorted(episodes):
+        if spans and e == spans[-1][1] + 1:
+            spans[-1][1] = e
+        else:
+            spans.append([e, e])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 class DatasetLock:
     """An exclusive flock on ``<root>/.lock`` for the life of a writer or a recover().
 
@@ -241,7 +304,8 @@ class DatasetLock:
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
-            raise DatasetLayoutError(f"{root} is in use by another writer or recover() (lock {path})") from None
+            raise DatasetLayoutError(f"{root} is in use by another writer (tether collect) or by "
+                                     f"tether dataset recover (lock {path}); wait until it ends") from None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -255,17 +319,23 @@ class DatasetLock:
 # --- atomic file IO: write a sibling, fsync it, rename over; a reader sees old or new, never half.
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class DiskFull:
+    reason: str  # the system's words: "No space left on device", "Disk quota exceeded"
+    filename: str | None  # the file being written, when the error names it
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+def disk_full(exc: BaseException) -> DiskFull | None:
+    """What ``exc`` says when the disk (or the user's quota) is full, else None.
+
+    PyAV and pyarrow raise OSError subclasses with the errno; others wrap it as the cause."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            filename = None if seen.filename is None else str(seen.filename)
+            return DiskFull(os.strerror(seen.errno), filename)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def tmp_sibling(path: Path) -> Path:

@@ -3,7 +3,8 @@
 ``validate(root)`` reads the files back with plain pyarrow and PyAV (decoding every video frame)
 and returns a list of problems, empty when the dataset is sound. ``quick=True`` reads frame
 times from the mp4 packets without decoding them: every check but the pixel means, in a
-fraction of the time. ``info(root)`` is a short human summary.
+fraction of the time. ``info(root)`` is a short human summary. Both say so when tether's own
+per-episode columns are missing (see :mod:`tether.teleop.dataset.layout`), never assume a value.
 """
 
 from __future__ import annotations
@@ -22,17 +23,36 @@ from tqdm import tqdm
 
 from tether.errors import DatasetLayoutError
 from tether.teleop.dataset import stats as st
-from tether.teleop.dataset.layout import CONTROL_SOURCES, PHASES, TMP_SUFFIX, Layout, read_info
+from tether.teleop.dataset.layout import (
+    CONTROL_SOURCES,
+    PHASES,
+    TETHER_COLUMNS,
+    TMP_SUFFIX,
+    Layout,
+    episode_ranges,
+    lacking,
+    read_episodes,
+    read_info,
+)
+from tether.teleop.mcap_repair import bags, needs_repair
 
 TIME_TOLERANCE_S = 1e-4  # LeRobot's default tolerance_s between queried and decoded timestamps
 IMAGE_MEAN_TOLERANCE = 0.05  # H.264 at crf 23 moves channel means by far less than this
 
 
-def read_episodes(layout: Layout) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for path in sorted((layout.root / "meta" / "episodes").glob("*/*.parquet")):
-        rows += pq.read_table(path).to_pylist()
-    return rows
+def intervention_frames(layout: Layout) -> dict[int, int] | None:
+    """Frames labelled as interventions per episode, from the data's per-frame column (which LeRobot's
+    tools keep, unlike our per-episode count); None when the data has no such column."""
+    counts: Counter[int] = Counter()
+    for path in sorted((layout.root / "data").glob("chunk-*/file-*.parquet")):
+        if "intervention" not in pq.read_schema(path).names:
+            return None
+        table = pq.read_table(path, columns=["episode_index", "intervention"])
+        episode = table.column("episode_index").to_numpy()
+        labelled = table.column("intervention").to_numpy(zero_copy_only=False).astype(bool)
+        for index, n in zip(*np.unique(episode[labelled], return_counts=True)):
+            counts[int(index)] += int(n)
+    return dict(counts)
 
 
 def read_tasks(layout: Layout) -> list[str]:
@@ -98,14 +118,20 @@ class Validator:
     # -- metadata
 
     def _leftovers(self) -> None:
+        """What a crash left for ``tether dataset recover``: the fix is named with the dataset's path."""
+        fix = f"run `tether dataset recover {self.layout.root}`"
         if self.layout.journal_path.exists():
-            self._problem("meta/commit.json: a commit was interrupted; run recover(root)")
+            self._problem(f"meta/commit.json: a commit was interrupted; {fix}")
         staged = sorted(self.layout.staging_root.glob("episode_*")) if self.layout.staging_root.is_dir() else []
         for path in staged:
-            self._problem(f"{path.relative_to(self.layout.root)}: uncommitted episode; run recover(root)")
+            self._problem(f"{path.relative_to(self.layout.root)}: uncommitted episode; {fix}")
         for tmp in self.layout.root.rglob("*" + TMP_SUFFIX):
             if self.layout.staging_root not in tmp.parents:
-                self._problem(f"{tmp.relative_to(self.layout.root)}: leftover of an unfinished commit")
+                self._problem(f"{tmp.relative_to(self.layout.root)}: leftover of an unfinished commit; {fix}")
+        for bag in bags(self.layout.raw_logs):
+            if needs_repair(bag):
+                self._problem(f"raw log {bag.relative_to(self.layout.root.parent)}: unreadable, its recording never "
+                              f"closed it (a crash or a full disk: no metadata.yaml or MCAP footer); {fix}")
 
     def _read_metadata(self) -> bool:
         try:
@@ -118,7 +144,21 @@ class Validator:
         if indices != list(range(len(indices))):
             self._problem(f"meta/episodes: episode_index {indices} is not 0..{len(indices) - 1}")
             return False
+        self._missing_columns()
         return True
+
+    def _missing_columns(self) -> None:
+        """tether's per-episode columns, which a tool that knows only LeRobot's may have dropped."""
+        by_episodes: dict[tuple[int, ...], list[str]] = {}
+        for column in TETHER_COLUMNS:
+            missing = tuple(lacking(self.episodes, column))
+            if missing:
+                by_episodes.setdefault(missing, []).append(column)
+        for missing, columns in by_episodes.items():
+            self._problem(f"meta/episodes: episode(s) {episode_ranges(list(missing))} have no {', '.join(columns)} "
+                          "column (a tool that keeps only LeRobot's columns drops them, e.g. lerobot's "
+                          "delete_episodes): their outcome is unknown, and training on successful episodes only "
+                          "refuses them (train with --include-failed)")
 
     def _totals(self) -> None:
         frames = sum(int(r["length"]) for r in self.episodes)
@@ -197,6 +237,16 @@ class Validator:
             values = st.column_array(rows, name)
             if not np.isfinite(values).all():
                 self._problem(f"{where}: {name} has non-finite values")
+        self._our_columns(where, rows, row)
+
+    def _our_columns(self, where: str, rows: pa.Table, row: dict[str, Any]) -> None:
+        """The per-episode columns tether derives from the frames agree with them (where present)."""
+        col = lambda name: rows.column(name).to_numpy(zero_copy_only=False)  # noqa: E731
+        derived = {"intervention_frames": int(np.count_nonzero(col("intervention"))),
+                   "capture_start_ns": int(col("capture_time_ns")[0]), "capture_end_ns": int(col("capture_time_ns")[-1])}
+        for name, value in derived.items():
+            if name in row and row[name] != value:
+                self._problem(f"{where}: {name} is {row[name]} but the frames give {value}")
 
     def _decoded(self, path: Path) -> _Decoded | None:
         if path not in self.videos:
@@ -279,26 +329,55 @@ def validate(root: Path | str, *, quick: bool = False, progress: bool = False) -
 
 
 def info(root: Path | str) -> str:
-    """Episodes, frames, duration, cameras, tasks, outcomes and interventions in a few lines."""
+    """Episodes, frames, duration, cameras, tasks, outcomes and interventions in a few lines.
+
+    A column tether needs that is missing (see :mod:`tether.teleop.dataset.layout`) reads
+    "unknown (column missing)", never as zero.
+    """
     layout = Layout(Path(root))
     meta = read_info(layout.root)
     episodes = read_episodes(layout)
     fps, frames = int(meta["fps"]), int(meta["total_frames"])
     cams = [k.split(".")[-1] + f" {ft['shape'][1]}x{ft['shape'][0]}" for k, ft in meta["features"].items() if ft["dtype"] == "video"]
-    known = [r["success"] for r in episodes if r.get("success") is not None]
-    rate = f"{sum(known)}/{len(known)} ({100 * sum(known) / len(known):.1f}%)" if known else "n/a"
-    interventions = sum(int(r.get("intervention_frames") or 0) for r in episodes)
-    with_int = sum(1 for r in episodes if r.get("intervention_frames"))
-    truncated = sum(1 for r in episodes if r.get("truncated"))
-    share = f"{100 * interventions / frames:.1f}%" if frames else "n/a"
     return "\n".join(
         [
             f"dataset {layout.root} (LeRobot {meta['codebase_version']}, robot {meta.get('robot_type')})",
-            f"episodes: {len(episodes)} ({truncated} truncated by a crash)",
+            f"episodes: {len(episodes)} ({_truncated(episodes)})",
             f"frames: {frames} at {fps} fps = {frames / fps:.1f} s",
             f"cameras: {', '.join(cams) or 'none'}",
             f"tasks: {', '.join(read_tasks(layout)) or 'none'}",
-            f"success: {rate} of episodes with a known outcome",
-            f"interventions: {interventions} frames ({share}) in {with_int} episode(s)",
+            f"success: {_success(episodes)}",
+            f"interventions: {_interventions(intervention_frames(layout), frames)}",
         ]
     )
+
+
+UNKNOWN = "unknown (column missing)"
+
+
+def _unknown_part(rows: list[dict[str, Any]], column: str) -> str:
+    missing = lacking(rows, column)
+    return f"; {UNKNOWN} for episode(s) {episode_ranges(missing)}" if missing else ""
+
+
+def _truncated(rows: list[dict[str, Any]]) -> str:
+    if rows and len(lacking(rows, "truncated")) == len(rows):
+        return f"truncated: {UNKNOWN}"
+    n = sum(1 for r in rows if r.get("truncated"))
+    return f"{n} truncated by a crash or an aborted session" + _unknown_part(rows, "truncated")
+
+
+def _success(rows: list[dict[str, Any]]) -> str:
+    if rows and len(lacking(rows, "success")) == len(rows):
+        return UNKNOWN
+    known = [bool(r["success"]) for r in rows if r.get("success") is not None]
+    rate = f"{sum(known)}/{len(known)} ({100 * sum(known) / len(known):.1f}%)" if known else "n/a"
+    return f"{rate} of episodes with a known outcome" + _unknown_part(rows, "success")
+
+
+def _interventions(per_episode: dict[int, int] | None, frames: int) -> str:
+    if per_episode is None:
+        return f"{UNKNOWN}: the data has no per-frame 'intervention' column"
+    total = sum(per_episode.values())
+    share = f"{100 * total / frames:.1f}%" if frames else "n/a"
+    return f"{total} frames ({share}) in {sum(1 for n in per_episode.values() if n)} episode(s)"

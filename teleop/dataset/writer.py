@@ -4,6 +4,9 @@ While an episode runs, frames go to ``.staging/episode_XXXXXX/`` as ~1 s segment
 per camera and one parquet file, each closed (moov atom / footer written), fsynced and renamed
 into place; the parquet goes last, so a segment exists exactly when its parquet does. A SIGKILL
 therefore loses only the open segment (< ``segment_seconds``) of the running episode.
+``close()`` with an episode still running (the session that recorded it failed or was stopped)
+commits it as truncated with an unknown outcome, or discards it (``on_abort="discard"``): never
+as a normal episode.
 
 ``end_episode`` commits: the staged segments are joined into new versions of the v3 data,
 video, episodes, tasks, stats and info files, each written beside its target as
@@ -47,22 +50,25 @@ from tether.errors import (
     UnknownCameraError,
 )
 from tether.teleop.dataset import stats as st
+from tether.teleop.durable import fsync_dir, fsync_file
 from tether.teleop.dataset.layout import (
     CONTROL_SOURCES,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DATA_FILE_SIZE_IN_MB,
     DEFAULT_VIDEO_FILE_SIZE_IN_MB,
     PHASES,
+    TETHER_COLUMNS,
     DatasetLock,
     DatasetSpec,
     Layout,
+    MissingEpisodeColumnError,
     camera_key,
     data_schema,
-    fsync_dir,
-    fsync_file,
     json_bytes,
+    lacking,
     new_info,
     next_chunk_file,
+    read_episodes,
     read_info,
     replace_durably,
     spec_from_info,
@@ -77,6 +83,14 @@ CommitHook = Callable[[str], None]
 _SEGMENT_RE = re.compile(r"^segment-(\d{6})\.parquet$")
 _ASSIGNED_AT_COMMIT = ("episode_index", "index", "task_index")
 _MB = 1024 * 1024
+# What close() does with an episode still running: commit it as truncated (outcome unknown), or drop it.
+ON_ABORT = ("truncate", "discard")
+
+
+def check_on_abort(value: str) -> str:
+    if value not in ON_ABORT:
+        raise DatasetError(f"on_abort '{value}' is not one of {', '.join(ON_ABORT)}")
+    return value
 
 if TYPE_CHECKING:
     from tether.teleop.dataset.recover import RecoveryReport
@@ -272,8 +286,14 @@ class StagedEpisode:
     videos: dict[str, list[Path]]  # feature key -> segment mp4s in order
     histograms: dict[str, st.ImageHistogram]
     success: bool | None
-    ended: bool  # end_episode was called: every frame was flushed
+    ended: bool  # end_episode or close was called: every frame was flushed
     dropped: list[str] = field(default_factory=list)  # why later segments were not usable
+    aborted: bool = False  # ended by close() while still running: a truncated episode
+
+    @property
+    def truncated(self) -> bool:
+        """Frames are missing at its end (a crash, a damaged segment) or its session was aborted."""
+        return not self.ended or bool(self.dropped) or self.aborted
 
     @property
     def frames(self) -> int:
@@ -302,7 +322,10 @@ class StagedEpisode:
                 dropped += [f"segment {n} follows an unusable one" for n in numbers if n > number]
                 break
         table = pa.concat_tables(tables) if tables else schema.empty_table()
-        return cls(path, meta["task"], table, videos, hists, end["success"] if end else None, end is not None, dropped)
+        # An end.json from before "aborted" existed was written by end_episode: not aborted.
+        aborted = bool(end.get("aborted", False)) if end else False
+        return cls(path, meta["task"], table, videos, hists, end["success"] if end else None, end is not None,
+                   dropped, aborted)
 
 
 def _load_segment(
@@ -700,7 +723,9 @@ class DatasetWriter:
         self._lock = DatasetLock(self.layout.root)
         if self.layout.journal_path.exists():
             self._lock.release()
-            raise DatasetLayoutError(f"{self.layout.journal_path}: an interrupted commit; use open_existing or recover(root)")
+            raise DatasetLayoutError(f"{self.layout.journal_path}: an interrupted commit; run "
+                                     f"`tether dataset recover {self.layout.root}` (DatasetWriter.open_existing does too)")
+        self._refuse_lost_columns()
         self.spec = spec_from_info(self.state.info)
         self.features: dict[str, dict[str, Any]] = self.state.info["features"]
         self._check = FrameCheck(self.spec)
@@ -710,6 +735,18 @@ class DatasetWriter:
         self._last_capture_ns: int | None = None
         self.last_commit: CommitResult | None = None
         self.recovery: RecoveryReport | None = None  # set by open_existing
+
+    def _refuse_lost_columns(self) -> None:
+        """Appending rewrites the last episodes file: rows without our columns would get null ones, which
+        reads as 'outcome unknown' instead of 'column missing'."""
+        last = self.state.last_episode
+        if last is None or all(c in last for c in TETHER_COLUMNS):
+            return
+        rows = read_episodes(self.layout)
+        missing = [c for c in TETHER_COLUMNS if lacking(rows, c)]
+        self._lock.release()
+        raise MissingEpisodeColumnError(self.layout.root, missing, sorted({e for c in missing for e in lacking(rows, c)}),
+                                        "appending would record them as unknown; record into a new dataset")
 
     @classmethod
     def create(
@@ -775,7 +812,8 @@ class DatasetWriter:
             raise DatasetError(f"task must be a non-empty string, got {task!r}")
         staging = self.layout.staging_dir(self.num_episodes)
         if staging.exists():
-            raise DatasetLayoutError(f"{staging} exists: an interrupted episode; run recover(root) or open_existing")
+            raise DatasetLayoutError(f"{staging} exists: an interrupted episode; run "
+                                     f"`tether dataset recover {self.layout.root}` (DatasetWriter.open_existing does too)")
         staging.mkdir(parents=True)
         write_json_atomic(staging / "episode.json", {"task": task, "fps": self.spec.fps, "begun_ns": time.time_ns()})
         self._recorder = SegmentRecorder(staging, self.spec, self.features, self._segment_frames)
@@ -801,20 +839,22 @@ class DatasetWriter:
 
     def end_episode(self, success: bool | None = None) -> int:
         """Commit the running episode atomically; returns its episode index."""
-        recorder = self._require_episode("end_episode")
-        if recorder.frames == 0:
-            raise EpisodeStateError("end_episode", "recording an empty episode", "add frames or call discard_episode")
         if success is not None and not isinstance(success, (bool, np.bool_)):
             raise DatasetError(f"success must be True, False or None, got {success!r}")
+        return self._commit("end_episode", None if success is None else bool(success), aborted=False)
+
+    def _commit(self, call: str, success: bool | None, aborted: bool) -> int:
+        recorder = self._require_episode(call)
+        if recorder.frames == 0:
+            raise EpisodeStateError(call, "recording an empty episode", "add frames or call discard_episode")
         recorder.flush()
         # The outcome is on disk before the commit starts: a crash inside it loses no label.
-        outcome = None if success is None else bool(success)
-        write_json_atomic(recorder.staging / "end.json", {"success": outcome})
+        write_json_atomic(recorder.staging / "end.json", {"success": success, "aborted": aborted})
         staged = StagedEpisode.load(recorder.staging, self.spec, self.features)
         if staged.dropped or staged.frames != recorder.frames:
             raise DatasetError(f"{recorder.staging}: staged {staged.frames}/{recorder.frames} frames: {staged.dropped}")
         try:
-            self.last_commit = Commit(self.layout, self.state, staged, truncated=False, hook=self._hook).run()
+            self.last_commit = Commit(self.layout, self.state, staged, truncated=aborted, hook=self._hook).run()
         finally:
             # Committed, or left staged (with its outcome) for recover(root) to finish: either way
             # this writer is done with the episode.
@@ -833,13 +873,18 @@ class DatasetWriter:
         shutil.rmtree(recorder.staging)
         self._recorder = None
 
-    def close(self, success: bool | None = None) -> None:
-        """Commit a running episode (outcome ``success``, unknown by default), release the dataset."""
-        if self._recorder is not None and self._recorder.frames > 0:
-            self.end_episode(success)
-        elif self._recorder is not None:
-            self.discard_episode()
-        self._lock.release()
+    def close(self, on_abort: str = "truncate") -> None:
+        """Release the dataset. An episode still running was cut short (its session failed or was
+        stopped): ``on_abort="truncate"`` commits it with ``truncated=True`` and an unknown outcome,
+        ``"discard"`` drops it; an empty one is dropped either way."""
+        check_on_abort(on_abort)
+        try:
+            if self._recorder is not None and self._recorder.frames > 0 and on_abort == "truncate":
+                self._commit("close", None, aborted=True)
+            elif self._recorder is not None:
+                self.discard_episode()
+        finally:  # a commit that fails leaves the episode staged (marked aborted) for recover()
+            self._lock.release()
 
     def _require_episode(self, call: str) -> SegmentRecorder:
         if self._recorder is None:

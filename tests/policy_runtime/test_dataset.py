@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tether.errors import DatasetError, DatasetLayoutError
+from tether.errors import DatasetError, DatasetLayoutError, TetherError
 from tether.policy_runtime.batches import Affine, BatchSource, min_max, random_shift
 from tether.policy_runtime.dataset import load_demos
 from tether.policy_runtime.train import normalization
@@ -40,6 +42,18 @@ def test_one_late_episode_is_decoded_alone_and_resized(demos_root: Path, demo_da
     wrist = demos.episodes[0].images["wrist"]
     assert wrist.shape == (9, 16, 24, 3)
     assert all(abs(float(f.mean()) - demo_data.shade(2, i, 1)) < 4 for i, f in enumerate(wrist))
+
+
+def test_without_the_success_column_the_failed_episodes_are_never_kept_silently(tmp_path: Path,
+                                                                               demos_root: Path) -> None:
+    """After a tool that keeps only LeRobot's per-episode columns (lerobot's delete_episodes), the failures
+    cannot be told apart: training on successes only is refused, naming the column and the way out."""
+    root = Path(shutil.copytree(demos_root, tmp_path / "ds"))
+    for path in root.glob("meta/episodes/*/*.parquet"):
+        pq.write_table(pq.read_table(path).drop_columns(["success", "truncated"]), path)
+    with pytest.raises(TetherError, match="no 'success' column for episode\\(s\\) 0-2.*--include-failed"):
+        load_demos(root)
+    assert [e.index for e in load_demos(root, only_success=False).episodes] == [0, 1, 2]
 
 
 def test_not_a_dataset_or_nothing_to_train_on_is_a_clear_error(tmp_path: Path, demos_root: Path) -> None:

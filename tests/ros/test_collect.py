@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from diagnostic_msgs.msg import DiagnosticArray
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
 from rclpy.node import Node
+from rosbags.rosbag2 import Reader
+from rosbags.typesys import Stores, get_typestore
 
 from tether.cli import main
+from tether.errors import TetherError
+from tether.graph import CollectArgs, collect_graph
 from tether.teleop.dataset import validate
+from tether.teleop.dataset.layout import Layout
 from tether_ros.conversions import DIAGNOSTICS
 
 
@@ -39,15 +51,28 @@ def test_replay_takeover_is_recorded_and_labelled(tmp_path: Path) -> None:
         assert set(np.array(data["phase"])[m][first:]) == {"correction"}
         capture = np.array(data["capture_time_ns"])[m]
         assert np.all(np.diff(capture) > 0)
-    # The raw log beside the dataset: one rosbag2 MCAP bag per episode, with every recorded topic.
+    # The raw log beside the dataset: one rosbag2 MCAP bag per episode, with every recorded topic,
+    # and every message in it decodes with rosbags (whose CDR decoder refuses any stray byte).
     for e in (0, 1):
-        meta = (tmp_path / "dataset_mcap" / f"episode_{e:06d}" / "metadata.yaml").read_text()
-        for topic in ("/joint_states", "/camera/front/image_raw", "/tether/intervention", "joint_trajectory"):
-            assert topic in meta
+        assert_bag_readable(tmp_path / "dataset_mcap" / f"episode_{e:06d}")
     # A plain PyAV reader sees as many frames per camera as the table has rows.
     for video in out.glob("videos/*/chunk-*/file-*.mp4"):
         with av.open(str(video)) as container:
             assert sum(1 for _ in container.decode(video=0)) == len(episode)
+
+
+def assert_bag_readable(bag: Path) -> None:
+    store = get_typestore(Stores.ROS2_KILTED)
+    counts: Counter[str] = Counter()
+    with Reader(bag) as reader:
+        assert reader.ros_distro == "kilted"
+        latched = {c.topic: c.ext.offered_qos_profiles[0].durability.name for c in reader.connections}
+        for conn, _, raw in reader.messages():
+            store.deserialize_cdr(raw, conn.msgtype)
+            counts[conn.topic] += 1
+    assert latched["/tether/intervention"] == "TRANSIENT_LOCAL"
+    for topic in ("/joint_states", "/camera/front/image_raw", "/tether/intervention", "joint_trajectory"):
+        assert any(topic in t and n > 0 for t, n in counts.items()), (topic, counts)
 
 
 class RecorderWatch(Node):
@@ -125,25 +150,108 @@ def writer_process_of(dataset: Path) -> int | None:
     return workers[0] if workers else None
 
 
-def test_a_killed_writer_process_fails_the_collect_graph(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "dataset"
+@contextmanager
+def collecting(args: list[str], ready: Callable[[], object]) -> Iterator[dict[str, int]]:
+    """`tether collect ARGS` on a thread; yields once ``ready()`` holds (recording is under way), joins at the end.
+
+    The dict it yields gets the command's exit code as ``code``.
+    """
     result: dict[str, int] = {}
-    run = threading.Thread(target=lambda: result.update(code=main(
-        ["collect", "--device", "expert", "--episodes", "3", "--camera-size", "64", "48", "--out", str(out)])))
+    run = threading.Thread(target=lambda: result.update(code=main(["collect", *args])))
     run.start()
     try:
         deadline = time.monotonic() + 90.0
-        while not list(out.glob(".staging/episode_*/segment-*.parquet")):  # recording is under way
+        while not ready():
             assert time.monotonic() < deadline and run.is_alive(), "collect never started recording"
             time.sleep(0.1)
+        yield result
+    finally:
+        run.join(timeout=120.0)
+
+
+def segments(out: Path) -> list[Path]:
+    """The staged segments of the running episode: frames have reached the disk."""
+    return list(out.glob(".staging/episode_*/segment-*.parquet"))
+
+
+def test_a_killed_writer_process_fails_the_collect_graph(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "dataset"
+    with collecting(["--device", "expert", "--episodes", "3", "--camera-size", "64", "48", "--out", str(out)],
+                    lambda: segments(out)) as result:
         worker = writer_process_of(out)
         assert worker is not None
         os.kill(worker, signal.SIGKILL)
-    finally:
-        run.join(timeout=120.0)
     assert result.get("code") == 2
     err = capsys.readouterr().err
     assert "node 'sim_station' exited with 1" in err and "killed by SIGKILL" in err, err[-3000:]
+
+
+def _small_disk() -> type:
+    """tests/teleop/small_disk.py's SmallDisk: a tmpfs to fill (tests import with --import-mode=importlib)."""
+    spec = importlib.util.spec_from_file_location("tether_tests_small_disk", Path(__file__).parents[1] / "teleop" / "small_disk.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SmallDisk
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_collect_with_the_cause_and_recover_works_once_space_is_freed(tmp_path: Path, capsys) -> None:
+    """What the user sees: the graph fails (exit 2) and the one error line names the disk, the dataset and the fix."""
+    with _small_disk().mounted(tmp_path / "disk", size_mb=64) as disk:
+        out = disk.path / "dataset"
+        bag = Layout(out).raw_log(0)
+        args = ["--device", "expert", "--episodes", "3", "--camera-size", "64", "48", "--out", str(out),
+                "--report", str(tmp_path / "report")]
+        # Until a segment and a log chunk are on disk.
+        with collecting(args, lambda: segments(out) and any(f.stat().st_size for f in bag.glob("*.mcap"))) as result:
+            disk.fill()
+        assert result.get("code") == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "[ERROR]" in line]
+        assert len(errors) == 1, err[-3000:]
+        assert f"the disk holding {out} is full (No space left on device) while " in errors[0]
+        assert errors[0].endswith(f"; free space, then run `tether dataset recover {out}`")
+        disk.free()
+        assert main(["dataset", "recover", str(out)]) == 0
+        assert "repaired the raw log dataset_mcap/episode_000000" in capsys.readouterr().out
+        assert validate(out) == []
+        store = get_typestore(Stores.ROS2_KILTED)
+        with Reader(bag) as reader:  # every message decodes, with rosbags and with the mcap reader
+            ours = Counter(c.topic for c, _, raw in reader.messages() if store.deserialize_cdr(raw, c.msgtype))
+        with open(next(bag.glob("*.mcap")), "rb") as f:
+            decoded = make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages()
+            assert ours == Counter(channel.topic for _, channel, _, _ in decoded)
+        assert ours["/joint_states"] > 0 and ours["/tether/intervention"] == 1
+
+
+@pytest.mark.parametrize("on_abort", ["truncate", "discard"])
+def test_a_session_that_fails_mid_episode_never_leaves_a_normal_episode(tmp_path: Path, capsys, on_abort) -> None:
+    """A node of the graph dies while episode 0 records: the graph fails (exit 2), and the recorder commits
+    what it had marked truncated, with an unknown outcome, or (--on-abort discard) drops it."""
+    out = tmp_path / "dataset"
+    args = ["--device", "expert", "--episodes", "2", "--camera-size", "64", "48", "--out", str(out), "--on-abort", on_abort]
+    with collecting(args, lambda: segments(out)) as result:
+        (expert,) = [pid for pid, (ppid, cmd) in _processes().items()
+                     if ppid == os.getpid() and "tether_ros.expert_node" in cmd]  # this graph's, not another's
+        os.kill(expert, signal.SIGKILL)
+    assert result.get("code") == 2
+    assert validate(out) == []
+    rows = [r for p in sorted(out.glob("meta/episodes/*/*.parquet")) for r in pq.read_table(p).to_pylist()]
+    capsys.readouterr()
+    assert main(["dataset", "info", str(out)]) == 0
+    summary = capsys.readouterr().out
+    if on_abort == "discard":
+        assert rows == [] and "episodes: 0 (0 truncated" in summary
+        return
+    assert [(r["episode_index"], r["success"], r["truncated"]) for r in rows] == [(0, None, True)]
+    assert rows[0]["length"] >= 30  # at least the flushed second
+    assert "episodes: 1 (1 truncated by a crash or an aborted session)" in summary
+
+
+def test_an_unknown_on_abort_is_refused_with_the_choices() -> None:
+    with pytest.raises(TetherError, match="unknown on_abort 'keep'; choices: truncate, discard"):
+        collect_graph(CollectArgs(on_abort="keep"))
 
 
 def test_linger_keeps_recording_after_success(tmp_path: Path) -> None:

@@ -161,34 +161,58 @@ def test_sigkill_after_every_rename_of_a_commit(tmp_path):
         assert validate(root) == [], stage
 
 
+class Crash(Exception):
+    """Raised from a commit hook: stands in for a crash at that point of the commit."""
+
+
+def crash_at(stage_prefix: str):
+    def hook(stage: str) -> None:
+        if stage.startswith(stage_prefix):
+            raise Crash(stage)
+
+    return hook
+
+
+def add_frames(writer: DatasetWriter, n: int) -> None:
+    for i in range(n):
+        images = {c: np.full((48, 64, 3), 100, np.uint8) for c in writer.spec.cameras}
+        writer.add_frame(expected_state(0, i), expected_state(0, i), images, 1000 + i)
+
+
 def test_recover_in_process_crash_before_and_after_the_journal(tmp_path, so101):
     """The same guarantees without a subprocess: an exception from the commit hook stands in for the crash."""
-
-    class Crash(Exception):
-        pass
-
-    def crash_at(stage_prefix: str):
-        def hook(stage: str) -> None:
-            if stage.startswith(stage_prefix):
-                raise Crash(stage)
-
-        return hook
-
     spec = DatasetSpec.from_profile(so101, fps=10, image_size=(48, 64))
     for prefix in ("prepared", "replaced meta/episodes"):
         root = tmp_path / prefix.replace(" ", "_").replace("/", "_")
         writer = DatasetWriter.create(root, spec, commit_hook=crash_at(prefix))
         writer.begin_episode(TASK)
-        for i in range(23):
-            writer.add_frame(expected_state(0, i), expected_state(0, i), {c: np.full((48, 64, 3), 100, np.uint8) for c in spec.cameras}, 1000 + i)
+        add_frames(writer, 23)
         with pytest.raises(Crash):
             writer.end_episode(success=False)
         writer.close()  # the episode stays staged for recover(); close releases the dataset lock
-        assert validate(root) != []  # the crash left work for recover()
+        problems = validate(root)  # the crash left work for recover, and validate says how to run it
+        assert any(p.endswith(f"; run `tether dataset recover {root}`") for p in problems), problems
+        assert not any("recover(" in p for p in problems), problems  # the user's command, not a function
         report = recover(root)
         assert validate(root) == [], str(report)
         (row,) = episode_rows(root)
         assert (row["length"], row["success"], row["truncated"]) == (23, False, False)
+
+
+def test_a_crash_inside_the_commit_of_an_aborted_session_keeps_its_episode_truncated(tmp_path, so101):
+    """close() commits the episode of a session that failed as truncated; crashing inside that commit
+    must not let recover() turn it into a normal episode."""
+    spec = DatasetSpec.from_profile(so101, fps=10, image_size=(48, 64))
+    writer = DatasetWriter.create(tmp_path / "ds", spec, commit_hook=crash_at("prepared"))
+    writer.begin_episode(TASK)
+    add_frames(writer, 23)
+    with pytest.raises(Crash):
+        writer.close()
+    report = recover(tmp_path / "ds")  # close released the lock even so
+    assert [(r.frames, r.truncated) for r in report.recovered] == [(23, True)]
+    (row,) = episode_rows(tmp_path / "ds")
+    assert (row["length"], row["success"], row["truncated"]) == (23, None, True)
+    assert validate(tmp_path / "ds") == []
 
 
 def test_recover_reports_an_episode_killed_before_its_first_segment(tmp_path, so101):
@@ -218,6 +242,48 @@ def test_recover_keeps_the_segments_before_a_damaged_one_and_says_why(tmp_path, 
     assert "segment 2 follows an unusable one" in ep.dropped[1]
     assert "dropped: segment 1" in str(report)
     assert validate(tmp_path / "ds") == []
+
+
+def cut_off_log(bag: Path, stamps_ns: list[int]) -> None:
+    """A raw log of JointStates at ``stamps_ns`` as a kill -9 leaves it: flushed, never closed."""
+    from rosbags.typesys import Stores, get_typestore
+
+    from tether.teleop.mcap_log import McapLog
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    t = store.types
+    log = McapLog(bag, flush_period=float("inf"))
+    log.add_topic("/joint_states", "sensor_msgs/msg/JointState")
+    for ns in stamps_ns:
+        header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id="")
+        msg = t["sensor_msgs/msg/JointState"](header=header, name=["pan"], position=np.zeros(1), velocity=np.zeros(0),
+                                              effort=np.zeros(0))
+        log.write("/joint_states", store.serialize_cdr(msg, "sensor_msgs/msg/JointState"), ns)
+    log.flush()
+    (mcap,) = bag.glob("*.mcap")
+    crashed = mcap.read_bytes()
+    log.close()
+    mcap.write_bytes(crashed)
+    (bag / "metadata.yaml").unlink()
+
+
+def test_recover_repairs_a_cut_off_raw_log_and_says_what_the_episode_has_beyond_it(tmp_path, so101):
+    spec = DatasetSpec.from_profile(so101, fps=10, image_size=(48, 64))
+    root = tmp_path / "ds"
+    with DatasetWriter.create(root, spec) as writer:
+        writer.begin_episode(TASK)
+        for i in range(20):  # frames captured from 1.0 s to 2.9 s
+            writer.add_frame(expected_state(0, i), expected_state(0, i), {c: np.zeros((48, 64, 3), np.uint8) for c in spec.cameras},
+                             1_000_000_000 + i * 100_000_000)
+        writer.end_episode(success=True)
+    cut_off_log(tmp_path / "ds_mcap" / "episode_000000", [1_000_000_000 + k * 10_000_000 for k in range(100)])  # to 1.99 s
+    assert any("raw log ds_mcap/episode_000000: unreadable" in p for p in validate(root))
+    report = recover(root)
+    assert str(report) == ("repaired the raw log ds_mcap/episode_000000 (its recording never closed it: a crash or a "
+                           "full disk): kept 100 messages on 1 topic (0.99 s); lost: 0 bytes cut off after them, and "
+                           "what the log had not yet flushed (it flushes about once a second); it ends 0.91 s before "
+                           "the episode's last frame")
+    assert validate(root) == [] and recover(root).clean
 
 
 def test_recover_refuses_a_dataset_a_live_writer_holds(tmp_path, so101):

@@ -13,8 +13,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tether.errors import DatasetFrameError, DatasetLayoutError, EpisodeStateError, TetherError, UnknownCameraError
+from tether.errors import (
+    DatasetError,
+    DatasetFrameError,
+    DatasetLayoutError,
+    EpisodeStateError,
+    TetherError,
+    UnknownCameraError,
+)
 from tether.teleop.dataset import DatasetSpec, DatasetWriter, info, validate
+from tether.teleop.dataset.layout import TETHER_COLUMNS, MissingEpisodeColumnError
 
 FPS = 10
 SIZE = (48, 64)  # height, width
@@ -228,6 +236,76 @@ def test_discard_episode_leaves_the_dataset_as_it_was(dataset, spec):
     writer.close()
     assert writer.num_episodes == 3 and validate(dataset) == []
     assert not any((dataset / ".staging").iterdir())
+
+
+# ---------------------------------------------------------------- a session cut short
+
+
+def test_close_commits_a_running_episode_as_truncated_with_an_unknown_outcome(dataset, spec):
+    writer = DatasetWriter.open_existing(dataset)
+    writer.begin_episode("pick the cube")
+    for i in range(15):
+        writer.add_frame(**good(spec, i))
+    writer.close()  # the session that recorded it failed, or was stopped, mid-episode
+    assert validate(dataset) == []
+    *_, (ep, rows, _) = read_plain(dataset)
+    assert (ep["episode_index"], ep["length"], ep["success"], ep["truncated"]) == (3, 15, None, True)
+    assert "episodes: 4 (1 truncated by a crash or an aborted session)" in info(dataset)
+
+
+def test_close_can_discard_a_running_episode_instead(dataset, spec):
+    writer = DatasetWriter.open_existing(dataset)
+    writer.begin_episode("pick the cube")
+    for i in range(15):
+        writer.add_frame(**good(spec, i))
+    with pytest.raises(DatasetError, match="on_abort 'keep' is not one of truncate, discard"):
+        writer.close(on_abort="keep")
+    writer.close(on_abort="discard")
+    assert writer.num_episodes == 3 and validate(dataset) == []
+    assert "episodes: 3 (0 truncated" in info(dataset)
+
+
+# ---------------------------------------------------------------- after a tool that knows only LeRobot's columns
+
+
+def drop_our_episode_columns(root: Path) -> None:
+    """What lerobot's delete_episodes leaves: meta/episodes rebuilt from the columns LeRobot knows."""
+    for path in root.glob("meta/episodes/*/*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns([c for c in TETHER_COLUMNS if c in table.column_names]), path)
+
+
+def test_info_says_unknown_for_what_is_lost_and_counts_interventions_from_the_frames(dataset):
+    drop_our_episode_columns(dataset)
+    text = info(dataset)
+    assert "episodes: 3 (truncated: unknown (column missing))" in text
+    assert "success: unknown (column missing)" in text
+    assert "interventions: 12 frames" in text  # the per-frame labels survive such tools
+
+
+def test_validate_says_which_columns_are_missing_and_what_that_costs(dataset):
+    drop_our_episode_columns(dataset)
+    (problem,) = validate(dataset, quick=True)
+    assert problem.startswith("meta/episodes: episode(s) 0-2 have no success, truncated, intervention_frames, "
+                              "capture_start_ns, capture_end_ns column")
+    assert "--include-failed" in problem
+
+
+def test_appending_to_a_dataset_without_our_columns_is_refused(dataset, spec):
+    drop_our_episode_columns(dataset)
+    for _ in range(2):  # the refusal releases the dataset: the second attempt says the same
+        with pytest.raises(MissingEpisodeColumnError, match="'success', 'truncated'.* episode.s. 0-2.*new dataset"):
+            DatasetWriter.open_existing(dataset)
+
+
+def test_validate_checks_our_columns_against_the_frames(dataset):
+    path = dataset / "meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    counts = table.column("intervention_frames").to_pylist()
+    table = table.set_column(table.schema.get_field_index("intervention_frames"), "intervention_frames",
+                             pa.array([counts[0], counts[1] + 1, counts[2]], pa.int64()))
+    pq.write_table(table, path)
+    assert validate(dataset, quick=True) == ["episode 1: intervention_frames is 5 but the frames give 4"]
 
 
 # ---------------------------------------------------------------- validate() finds corruption

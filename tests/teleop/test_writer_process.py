@@ -12,20 +12,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from rclpy.serialization import serialize_message
 from rosbags.rosbag2 import Reader
-from sensor_msgs.msg import Image
-from std_msgs.msg import String
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+from rosbags.typesys import Stores, get_typestore
 
-from tether.errors import DatasetError, DatasetFrameError, WriterProcessError
+from tether.cli import main
+from tether.errors import DatasetError, DatasetFrameError, McapLogError, WriterDiskFullError, WriterProcessError
 from tether.teleop.dataset import DatasetSpec, recover, validate
+from tether.teleop.dataset.layout import Layout
+from tether.teleop.mcap_log import TopicQos
 from tether.teleop.writer_process import WriterProcess
+from tether_tests_cdr import KILTED, joint_state  # tests/teleop/cdr.py, loaded by conftest
 
 IMAGE_SIZE = (48, 64)
 FPS = 30  # 1 s segments: 30 frames each
@@ -77,6 +81,23 @@ def data_table(root: Path) -> dict[str, list]:
     return pq.read_table(next(root.glob("data/chunk-*/file-*.parquet"))).to_pydict()
 
 
+def episode_outcomes(root: Path) -> list[tuple[bool | None, bool]]:
+    """(success, truncated) of each committed episode."""
+    rows = pq.read_table(next(root.glob("meta/episodes/chunk-*/file-*.parquet"))).to_pylist()
+    return [(r["success"], r["truncated"]) for r in rows]
+
+
+def test_close_can_discard_the_running_episode_instead(writer: WriterProcess, tmp_path: Path) -> None:
+    writer.begin_episode("pick the cube")
+    for i in range(5):
+        add(writer, i)
+    with pytest.raises(DatasetError, match="on_abort 'drop' is not one of truncate, discard"):
+        writer.close("drop")
+    assert writer.episode_running  # a refused close changes nothing
+    writer.close("discard")
+    assert validate(tmp_path / "ds") == [] and not list((tmp_path / "ds").glob("meta/episodes/*/*.parquet"))
+
+
 def test_episodes_commit_discard_and_close_as_with_dataset_writer(writer: WriterProcess, tmp_path: Path) -> None:
     writer.begin_episode("pick the cube")
     for i in range(40):
@@ -90,9 +111,10 @@ def test_episodes_commit_discard_and_close_as_with_dataset_writer(writer: Writer
     writer.begin_episode("pick the cube")
     for i in range(5):
         add(writer, 2000 + i)
-    writer.close()  # a running episode is committed with an unknown outcome, like DatasetWriter.close
+    writer.close()  # a running episode was cut short: committed as truncated, like DatasetWriter.close
     root = tmp_path / "ds"
     assert validate(root) == []
+    assert episode_outcomes(root) == [(True, False), (None, True)]
     data = data_table(root)
     assert data["episode_index"] == [0] * 40 + [1] * 5
     expected = [state(i) for i in range(40)] + [state(2000 + i) for i in range(5)]
@@ -144,16 +166,30 @@ def test_ctrl_c_to_the_process_group_does_not_stop_the_worker(writer: WriterProc
 
 def test_the_raw_log_keeps_every_message_byte_for_byte(tmp_path: Path, so101) -> None:
     spec = DatasetSpec.from_profile(so101, fps=FPS, image_size=(160, 200))
-    image = Image(height=160, width=200, encoding="rgb8", step=600, data=bytes(range(256)) * 375)
-    sent = [("/chatter", serialize_message(String(data=f"m{i}"))) for i in range(3)]
-    sent.append(("/camera/front/image_raw", serialize_message(image)))  # > 64 KiB: through shared memory
+    store = get_typestore(Stores.ROS2_KILTED)  # exact CDR, as a raw subscription receives it
+    types = store.types
+    image = types["sensor_msgs/msg/Image"](
+        header=types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id=""),
+        height=160, width=200, encoding="rgb8", is_bigendian=0, step=600,
+        data=np.frombuffer(bytes(range(256)) * 375, np.uint8))
+    sent = [("/chatter", bytes(store.serialize_cdr(types["std_msgs/msg/String"](data=f"m{i}"), "std_msgs/msg/String")))
+            for i in range(3)]
+    # > 64 KiB: through shared memory
+    sent.append(("/camera/front/image_raw", bytes(store.serialize_cdr(image, "sensor_msgs/msg/Image"))))
+    topics = {"/chatter": "std_msgs/msg/String", "/camera/front/image_raw": "sensor_msgs/msg/Image"}
+    qos = {"/chatter": TopicQos("best_effort", "volatile", depth=5),
+           "/camera/front/image_raw": TopicQos("reliable", "volatile")}
     with WriterProcess.start(tmp_path / "ds", spec, log_images=True) as writer:
-        writer.open_log(tmp_path / "raw", {"/chatter": "std_msgs/msg/String", "/camera/front/image_raw": "sensor_msgs/msg/Image"})
+        with pytest.raises(McapLogError, match="give one for each logged topic"):
+            writer.open_log(tmp_path / "raw", topics, {"/chatter": qos["/chatter"]})
+        writer.open_log(tmp_path / "raw", topics, qos)
         for i, (topic, cdr) in enumerate(sent):
             writer.log(topic, cdr, T0 + i)
         writer.close_log()
     with Reader(tmp_path / "raw") as reader:
         assert [(c.topic, bytes(raw)) for c, _, raw in reader.messages()] == sent
+        chatter = next(c for c in reader.connections if c.topic == "/chatter").ext.offered_qos_profiles
+    assert [(q.reliability.name, q.depth) for q in chatter] == [("BEST_EFFORT", 5)]
 
 
 def test_a_killed_worker_is_reported_and_its_flushed_frames_recovered(writer: WriterProcess) -> None:
@@ -172,6 +208,92 @@ def test_a_killed_worker_is_reported_and_its_flushed_frames_recovered(writer: Wr
     report = recover(writer.root)
     assert [(r.frames, r.truncated) for r in report.recovered] == [(30, True)]
     assert validate(writer.root) == []
+
+
+LOGGED = {"/joint_states": "sensor_msgs/msg/JointState", "/tether/intervention": "std_msgs/msg/Bool"}
+LOGGED_QOS = {"/joint_states": TopicQos("reliable", "volatile", depth=600),
+              "/tether/intervention": TopicQos("reliable", "transient_local", depth=1)}
+
+
+def record(writer: WriterProcess, frames: Iterable[int]) -> None:
+    """Frames at 30 fps with the joint states of each logged beside them, in real time (the log flushes each second)."""
+    for i in frames:
+        add(writer, i)
+        for j in range(3):
+            writer.log("/joint_states", joint_state(3 * i + j), T0 + (3 * i + j) * 11_000_000)
+        time.sleep(1 / FPS)
+
+
+def logged_positions(bag: Path) -> list[float]:
+    """Every joint state in ``bag``, decoded by rosbags and by the mcap reader, which must agree."""
+    with Reader(bag) as reader:
+        ours = [float(KILTED.deserialize_cdr(raw, c.msgtype).position[0]) for c, _, raw in reader.messages()
+                if c.topic == "/joint_states"]
+    (mcap,) = bag.glob("*.mcap")
+    with open(mcap, "rb") as f:
+        theirs = [float(m.position[0]) for _, ch, _, m in
+                  make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages() if ch.topic == "/joint_states"]
+    assert ours == theirs
+    return ours
+
+
+def test_recover_repairs_the_raw_log_of_a_worker_killed_mid_episode(writer: WriterProcess) -> None:
+    writer.begin_episode("pick the cube")
+    bag = Layout(writer.root).raw_log(0)
+    writer.open_log(bag, LOGGED, LOGGED_QOS)
+    record(writer, range(75))  # 2.5 s: two segments and two log flushes on disk
+    os.kill(writer.pid, signal.SIGKILL)
+    raises_soon(writer.check)
+    writer.abandon()
+    problems = validate(writer.root)
+    assert f"raw log ds_mcap/episode_000000: unreadable, its recording never closed it (a crash or a full disk: " \
+           f"no metadata.yaml or MCAP footer); run `tether dataset recover {writer.root}`" in problems
+    report = recover(writer.root)
+    (log,) = report.logs
+    assert log.bag == "ds_mcap/episode_000000"
+    positions = logged_positions(bag)
+    assert positions == [float(i) for i in range(len(positions))] and len(positions) >= 3 * FPS  # >= 1 s, a prefix
+    assert log.repair.messages == {"/joint_states": len(positions)}
+    (row,) = pq.read_table(next(writer.root.glob("meta/episodes/chunk-*/file-*.parquet"))).to_pylist()
+    behind_s = (row["capture_end_ns"] - log.repair.last_ns) / 1e9  # how much of the episode the log lacks
+    assert (f"it ends {behind_s:.2f} s before the episode's last frame" in str(log)) == (behind_s > 0)
+    assert f"repaired the raw log ds_mcap/episode_000000 (its recording never closed it: a crash or a full disk): " \
+           f"kept {len(positions)} messages on 1 topic" in str(report)
+    assert validate(writer.root) == [] and recover(writer.root).clean
+
+
+def test_a_full_disk_stops_the_writer_in_one_line_and_recover_works_once_space_is_freed(small_disk, spec, capsys) -> None:
+    root = small_disk.path / "ds"
+    writer = WriterProcess.start(root, spec)
+    try:
+        writer.begin_episode("pick the cube")
+        writer.open_log(Layout(root).raw_log(0), LOGGED, LOGGED_QOS)
+        record(writer, range(45))
+        wait_for((root / ".staging" / "episode_000000" / "segment-000000.parquet").exists)
+        small_disk.fill()
+        more = iter(range(45, 10_000))
+        error = raises_soon(lambda: record(writer, [next(more)]), timeout=30.0)  # record on until it fails
+    finally:
+        writer.abandon()
+    assert isinstance(error, WriterDiskFullError)
+    message = str(error)
+    assert message.startswith(f"the disk holding {root} is full (No space left on device) while ")
+    assert message.endswith(f"; free space, then run `tether dataset recover {root}`") and "\n" not in message
+
+    capsys.readouterr()
+    assert main(["dataset", "recover", str(root)]) == 2  # the disk is still full
+    err = capsys.readouterr().err
+    assert err.startswith(f"tether: error: the disk holding {root} is full (No space left on device) while ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not list(root.rglob("*.commit-tmp")) and not list(small_disk.path.rglob(".repair"))  # gave its space back
+
+    small_disk.free()
+    assert main(["dataset", "recover", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "recovered .staging/episode_000000 as episode 0" in out and "repaired the raw log ds_mcap/episode_000000" in out
+    assert f"{root}: valid" in out and validate(root) == []
+    positions = logged_positions(Layout(root).raw_log(0))
+    assert positions == [float(i) for i in range(len(positions))] and len(positions) >= 3 * FPS
 
 
 def test_sigterm_stages_every_frame_sent_before_the_worker_exits(writer: WriterProcess) -> None:
