@@ -9,7 +9,7 @@ EXTRAS := sim,ros,runtime,train,dev
 export MUJOCO_GL ?= egl
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: install test test-slow demo bench typecheck clean
+.PHONY: install test test-slow test-load demo bench typecheck clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# Rehearse and collect beside CPU hogs on every core; figures in runs/load/ (TETHER_LOAD_HOGS=0: idle).
+test-load: install
+	$(BIN)/python -m pytest -q -s -m slow tests/ros/test_load.py
 
 # The main job: the whole ROS 2 graph rehearsed against the SO-101 twin.
 demo: install

@@ -50,6 +50,37 @@ def failure_counts(episodes: list[EpisodeResult]) -> dict[str, int]:
     return dict(counts.most_common())
 
 
+@dataclass(frozen=True)
+class MachineTiming:
+    """How well the machine kept up with the run: a busy or slow machine slows a run and says so here."""
+
+    realtime_factor: list[float] = field(default_factory=list)  # twin: sim seconds per wall second, each second
+    compute_rtf: list[float] = field(default_factory=list)  # twin: sim seconds per second of physics work
+    slipped_s: float = 0.0  # sim time the twin gave up because the machine could not keep real time
+    frames_rendered: int = 0
+    frames_skipped: int = 0  # camera frames the twin's renderer was too busy to draw
+    load_average: list[float] = field(default_factory=list)  # 1-minute load average, sampled during the run
+    cpus: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        rtf = np.asarray(self.realtime_factor, dtype=float)
+        load = np.asarray(self.load_average, dtype=float)
+        drawn = self.frames_rendered + self.frames_skipped
+        return {
+            "twin_realtime_factor": {"p50": _median(rtf), "min": float(rtf.min()) if rtf.size else float("nan")},
+            "twin_compute_rtf": _median(np.asarray(self.compute_rtf, dtype=float)),
+            "twin_slipped_s": self.slipped_s,
+            "camera_frames": {"rendered": self.frames_rendered, "skipped": self.frames_skipped,
+                              "skipped_share": self.frames_skipped / drawn if drawn else 0.0},
+            "load_average_1min": {"p50": _median(load), "max": float(load.max()) if load.size else float("nan"),
+                                  "cpus": self.cpus},
+        }
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if values.size else float("nan")
+
+
 @dataclass
 class RehearsalReport:
     episodes: list[EpisodeResult]
@@ -57,7 +88,7 @@ class RehearsalReport:
     command_periods_ms: list[float]
     nominal_period_ms: float
     gate: dict[str, str] = field(default_factory=dict)
-    twin_rtf: float = float("nan")
+    machine: MachineTiming = field(default_factory=MachineTiming)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,7 +104,8 @@ class RehearsalReport:
             gate_holds=int(self.gate.get("holds", 0)),
             estops=int(self.gate.get("estops", 0)),
             gate=self.gate,
-            twin_compute_rtf=self.twin_rtf,
+            machine=self.machine.as_dict(),
+            twin_compute_rtf=self.machine.as_dict()["twin_compute_rtf"],
             episode_detail=[asdict(e) for e in self.episodes],
             meta=self.meta,
         )
@@ -103,7 +135,7 @@ class RehearsalReport:
             f"jitter p99 {_fmt(jit['p99'], '.2f')} ms |",
             f"| missed deadlines (period > 2× nominal) | {d['missed_deadlines']} |",
             f"| gate holds / e-stops | {d['gate_holds']} / {d['estops']} |",
-            f"| twin compute real-time factor | {_fmt(d['twin_compute_rtf'], '.1f', '×')} |",
+            *_machine_rows(d["machine"]),
             f"| failed episodes missed | {_failures(d['failures'])} |",
             "",
             "![outcomes and timing](report.png)",
@@ -153,6 +185,19 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _machine_rows(m: dict[str, Any]) -> list[str]:
+    rtf, frames, load = m["twin_realtime_factor"], m["camera_frames"], m["load_average_1min"]
+    return [
+        f"| twin real-time factor (sim s per wall s) | p50 {_fmt(rtf['p50'], '.2f')}, min {_fmt(rtf['min'], '.2f')}; "
+        f"sim time slipped {m['twin_slipped_s']:.2f} s |",
+        f"| twin compute real-time factor | {_fmt(m['twin_compute_rtf'], '.1f', '×')} |",
+        f"| camera frames rendered / skipped | {frames['rendered']} / {frames['skipped']} "
+        f"({100 * frames['skipped_share']:.1f} % skipped) |",
+        f"| machine load (1-min average) | p50 {_fmt(load['p50'], '.2f')}, max {_fmt(load['max'], '.2f')} "
+        f"on {load['cpus']} CPUs |",
+    ]
 
 
 def _failures(counts: dict[str, int]) -> str:

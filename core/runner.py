@@ -4,10 +4,15 @@ Each node runs ``python -m tether_ros.<executable> --ros-args ...`` exactly as
 ``ros2 launch`` would run its console script. Node logs go to ``LOG_DIR``; the
 terminal shows the session's progress. The run ends when the terminal node
 exits; any other node dying first is a graph failure.
+
+Nodes die with the runner: each asks the kernel for SIGTERM when the runner goes
+(``PR_SET_PDEATHSIG``, even after a ``kill -9``), and each node also watches its parent
+(``tether_ros.spin``), so no node keeps driving a robot without its supervisor.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import signal
@@ -73,9 +78,12 @@ def run_graph(nodes: list[NodeSpec], log_dir: Path, timeout: float | None = None
             with termination.deferred():  # a signal inside Popen would orphan the node being started
                 for spec in processes(nodes):
                     running.append(_start(spec, log_dir, env))
-            return _wait(running, timeout)
-        finally:
+            code = _wait(running, timeout)
+        except BaseException:
             _stop(running)
+            raise
+        _check_clean_stop(_stop(running))
+        return code
 
 
 class _Termination:
@@ -123,8 +131,24 @@ def _start(spec: ProcessSpec, log_dir: Path, env: dict[str, str]) -> RunningNode
     # The terminal node's stderr (progress bar) goes to the terminal; everything is also in its log.
     out = open(log, "wb")  # noqa: SIM115 - closed when the process is reaped
     err = None if spec.terminal else subprocess.STDOUT
-    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent(os.getpid()))
     return RunningNode(spec, proc, log)
+
+
+def _die_with_parent(parent: int) -> Any:
+    """A ``preexec_fn``: SIGTERM this child when the runner dies (Linux; elsewhere the node's own watch)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the runner died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def _wait(running: list[RunningNode], timeout: float | None) -> int:
@@ -142,17 +166,27 @@ def _wait(running: list[RunningNode], timeout: float | None) -> int:
         time.sleep(0.1)
 
 
-def _stop(running: list[RunningNode]) -> None:
-    for r in running:
-        if r.process.poll() is None:
-            r.process.send_signal(signal.SIGTERM)
+def _stop(running: list[RunningNode]) -> list[RunningNode]:
+    """SIGTERM every node still running, SIGKILL what is left after 5 s; returns the nodes stopped here."""
+    stopped = [r for r in running if r.process.poll() is None]
+    for r in stopped:
+        r.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 5.0
-    for r in running:
+    for r in stopped:
         try:
             r.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             r.process.kill()
             r.process.wait()
+    return stopped
+
+
+def _check_clean_stop(stopped: list[RunningNode]) -> None:
+    """A node that fails to stop cleanly may have lost what it was closing (a recorder's last episode)."""
+    unclean = [r for r in stopped if r.process.returncode != 0]
+    if unclean:
+        raise GraphFailed("; ".join(f"node '{r.spec.name}' exited with {r.process.returncode} when stopped:\n"
+                                    f"{_tail(r.log)}" for r in unclean))
 
 
 def _tail(path: Path, lines: int = 30) -> str:

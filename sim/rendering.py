@@ -39,6 +39,10 @@ class CameraRenderer:
         renderer.update_scene(data, camera=camera)
         return renderer.render()
 
+    def prepare(self, width: int, height: int) -> None:
+        """Create the GL context for this size now rather than at the first frame."""
+        self._renderer(width, height)
+
     def close(self) -> None:
         _close_all(self._renderers)
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from types import TracebackType
 
 # Headless default for offscreen GL; it must be set before mujoco is first imported.
@@ -24,6 +25,16 @@ from tether.robot_profile import RobotProfile
 from tether.sim.model import build_model
 from tether.sim.rendering import CameraRenderer
 from tether.sim.tasks import Outcome, Task, get_task, task_names
+
+
+@dataclass(frozen=True)
+class SceneState:
+    """What a camera needs to draw the scene at one instant: copies, safe to hand to another thread."""
+
+    time: float
+    qpos: np.ndarray
+    mocap_pos: np.ndarray
+    mocap_quat: np.ndarray
 
 
 class Twin:
@@ -120,13 +131,22 @@ class Twin:
     def target_position(self) -> np.ndarray:
         return self._require_task().target_position(self.model, self.data)
 
+    def scene_state(self) -> SceneState:
+        """A snapshot of the pose of everything a camera sees (for rendering off the physics thread)."""
+        d = self.data
+        return SceneState(float(d.time), d.qpos.copy(), d.mocap_pos.copy(), d.mocap_quat.copy())
+
     # -- cameras ------------------------------------------------------------------------------
-    def render(self, camera: str, width: int | None = None, height: int | None = None) -> np.ndarray:
-        """HxWx3 uint8 RGB from a profile camera."""
+    def render_size(self, camera: str) -> tuple[int, int]:
+        """(width, height) this twin renders ``camera`` at."""
         if camera not in self.camera_names:
             raise UnknownCameraError(camera, self.camera_names)
         spec = self.profile.camera(camera)
-        default_w, default_h = self._render_size or (spec.width, spec.height)
+        return self._render_size or (spec.width, spec.height)
+
+    def render(self, camera: str, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """HxWx3 uint8 RGB from a profile camera."""
+        default_w, default_h = self.render_size(camera)
         return self._renderer.render(self.data, camera, width or default_w, height or default_h)
 
     # -- lifetime -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from tether.report import EpisodeResult, RehearsalReport
+from tether.report import EpisodeResult, MachineTiming, RehearsalReport
 
 
 def test_report_summarizes_outcomes_latency_and_timing(tmp_path) -> None:
@@ -41,3 +41,17 @@ def test_unmeasured_figures_are_null_not_nan(tmp_path) -> None:
     json.loads((tmp_path / "report.json").read_text())  # strict JSON
     md = (tmp_path / "report.md").read_text()
     assert "| twin compute real-time factor | n/a |" in md  # no unit on a figure that was not measured
+
+
+def test_the_report_says_how_busy_the_machine_was_and_how_the_twin_kept_up(tmp_path) -> None:
+    machine = MachineTiming(realtime_factor=[1.0, 0.62, 0.9], compute_rtf=[3.0, 5.0], slipped_s=1.25,
+                            frames_rendered=300, frames_skipped=100, load_average=[3.5, 6.0, 4.0], cpus=2)
+    data = RehearsalReport([EpisodeResult(0, 0, True, 5.0)], {}, [5.0], 5.0, machine=machine).write(tmp_path)
+    m = data["machine"]
+    assert m["twin_realtime_factor"] == {"p50": 0.9, "min": 0.62} and m["twin_slipped_s"] == 1.25
+    assert m["camera_frames"] == {"rendered": 300, "skipped": 100, "skipped_share": 0.25}
+    assert m["load_average_1min"] == {"p50": 4.0, "max": 6.0, "cpus": 2}
+    md = (tmp_path / "report.md").read_text()
+    assert "| twin real-time factor (sim s per wall s) | p50 0.90, min 0.62; sim time slipped 1.25 s |" in md
+    assert "| camera frames rendered / skipped | 300 / 100 (25.0 % skipped) |" in md
+    assert "| machine load (1-min average) | p50 4.00, max 6.00 on 2 CPUs |" in md

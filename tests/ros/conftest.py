@@ -40,6 +40,15 @@ class Graph:
         return cond()
 
 
+@pytest.fixture(autouse=True)
+def normal_scheduling() -> Iterator[None]:
+    """Nodes hosted in this process put the spinning thread under SCHED_FIFO (tether_ros.realtime);
+    put it back, so the CPU-heavy tests after them never run at real-time priority."""
+    yield
+    if hasattr(os, "sched_setscheduler"):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 @pytest.fixture
 def graph() -> Iterator[Graph]:
     rclpy.init()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from rclpy.node import Node
@@ -112,3 +114,57 @@ def test_cameras_keep_their_rate(rig) -> None:
     graph.spin_for(2.0)
     stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in probe.images[-30:]]
     assert (len(stamps) - 1) / (stamps[-1] - stamps[0]) == pytest.approx(30.0, rel=0.03)
+
+
+@pytest.fixture
+def slow_camera(monkeypatch):
+    """Every snapshot takes 0.2 s to draw: a camera far slower than the 30 Hz it is asked for."""
+    from tether.sim.camera_worker import CameraWorker
+
+    draw = CameraWorker._draw
+
+    def slow(self, *args) -> None:
+        time.sleep(0.2)
+        draw(self, *args)
+
+    monkeypatch.setattr(CameraWorker, "_draw", slow)
+
+
+def _run_beside_a_slow_camera(graph, so101, late_frames: str):
+    twin = graph.add(TwinNode(parameter_overrides=[
+        Parameter("camera_width", value=64), Parameter("camera_height", value=48),
+        Parameter("late_frames", value=late_frames)]))
+    probe = graph.add(Probe(so101))
+    assert graph.spin_until(lambda: len(probe.images) >= 1, 10.0)
+    client = probe.create_client(Trigger, "/twin/success")
+    states, sim0, wall0 = len(probe.states), twin.twin.time, time.monotonic()
+    answers = []
+    for _ in range(5):
+        start = time.monotonic()
+        future = client.call_async(Trigger.Request())
+        assert graph.spin_until(future.done, 2.0)
+        answers.append(time.monotonic() - start)
+        graph.spin_for(0.3)
+    wall = time.monotonic() - wall0
+    return twin, (len(probe.states) - states) / wall, (twin.twin.time - sim0) / wall, max(answers)
+
+
+def test_a_slow_camera_slows_sim_time_but_never_the_control_path(graph, so101, slow_camera) -> None:
+    """late_frames=slow_down (the default): every frame is drawn; the world waits for it, the services do not."""
+    twin, state_hz, rtf, answer_s = _run_beside_a_slow_camera(graph, so101, "slow_down")
+    assert twin.cameras.skipped == 0 and twin.cameras.rendered >= 5
+    assert rtf < 0.5  # 30 frames per sim second at 5 frames per wall second
+    assert state_hz > 100 and answer_s < 0.5  # joint states and services keep their pace
+
+
+def test_a_slow_camera_skips_frames_when_real_time_matters(graph, so101, slow_camera) -> None:
+    twin, state_hz, rtf, answer_s = _run_beside_a_slow_camera(graph, so101, "skip")
+    assert twin.cameras.skipped > 10  # counted, never queued
+    assert rtf > 0.8 and state_hz > 100 and answer_s < 0.5
+
+
+def test_an_unknown_late_frames_policy_is_refused_with_the_choices(graph) -> None:
+    from tether.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="slow_down, skip"):
+        TwinNode(parameter_overrides=[Parameter("late_frames", value="queue")])

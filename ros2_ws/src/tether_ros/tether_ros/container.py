@@ -14,23 +14,18 @@ import importlib
 import sys
 import threading
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.experimental import EventsExecutor
 from rclpy.node import Node
 
-from tether_ros.spin import release
+from tether_ros.spin import StopRequest, init, release, spin_until_stopped
 
 
-def _spin(node: Node, stop: threading.Event) -> None:
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
+def _spin(node: Node, stop: StopRequest) -> None:
     try:
-        while rclpy.ok() and not stop.is_set() and not getattr(node, "finished", False):
-            executor.spin_once(timeout_sec=0.1)
-    except ExternalShutdownException:
-        pass
+        spin_until_stopped(node, EventsExecutor(), stop)
     finally:
-        stop.set()  # one node ending (e.g. a crash) ends the process, as for a single node
+        # One node ending (finished, or a crash) ends the process, as for a single node.
+        stop.set(f"node '{node.get_name()}' ended")
 
 
 def main(args: list[str] | None = None) -> int:
@@ -40,18 +35,18 @@ def main(args: list[str] | None = None) -> int:
     if not names:
         print("usage: python -m tether_ros.container NODE_MODULE [...] --ros-args ...", file=sys.stderr)
         return 2
-    rclpy.init(args=["container", *ros_args])
+    stop = init(["container", *ros_args])
     nodes: list[Node] = []
-    stop = threading.Event()
     try:
         nodes = [importlib.import_module(f"tether_ros.{name}").NODE() for name in names]
         threads = [threading.Thread(target=_spin, args=(n, stop), daemon=True) for n in nodes]
         for t in threads:
             t.start()
-        while not stop.wait(0.1):
-            pass
+        while not stop():  # the main thread takes the signals; the nodes spin in their own threads
+            stop.event.wait(0.1)
         for t in threads:
             t.join(timeout=2.0)
+        nodes[0].get_logger().info(f"stopping: {stop.reason}")
         return max(int(getattr(n, "exit_code", 0)) for n in nodes)
     except KeyboardInterrupt:
         return 0

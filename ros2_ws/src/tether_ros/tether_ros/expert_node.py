@@ -29,6 +29,7 @@ from tether_ros.conversions import (
     to_sec,
     trajectory_msg,
 )
+from tether_ros.realtime import RealtimeThread
 from tether_ros.spin import run
 
 
@@ -39,6 +40,7 @@ class ExpertNode(Node):
         self.expert = PickPlaceExpert(self.profile)
         rate = float(self.declare_parameter("control_hz", self.expert.control_hz).value)
         self.period = 1.0 / rate
+        self._realtime = RealtimeThread(self, int(self.declare_parameter("realtime_priority", 30).value))
         self.pub = self.create_publisher(JointTrajectory, source_topic("expert"), COMMAND_QOS)
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
         self.create_subscription(PoseStamped, OBJECT_POSE, self._on_object, 10)
@@ -51,6 +53,7 @@ class ExpertNode(Node):
         self._last_act = -float("inf")
 
     def _on_state(self, msg: JointState) -> None:
+        self._realtime()
         # Act on a fresh state rather than on a timer: the chunk then starts from an observation
         # that is microseconds old, not up to one state period old.
         self._state = msg

@@ -26,6 +26,7 @@ import collections
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -222,7 +223,9 @@ NODE = PolicyNode  # for tether_ros.container
 
 
 def main(args: list[str] | None = None) -> int:
-    return run(PolicyNode, args)
+    # The SingleThreadedExecutor: results come back from the inference thread through a guard
+    # condition, which rclpy's EventsExecutor does not support.
+    return run(PolicyNode, args, executor=SingleThreadedExecutor)
 
 
 if __name__ == "__main__":

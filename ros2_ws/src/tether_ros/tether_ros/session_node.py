@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image
@@ -27,7 +30,7 @@ from std_srvs.srv import Trigger
 from tqdm import tqdm
 from trajectory_msgs.msg import JointTrajectory
 
-from tether.report import EpisodeResult, RehearsalReport
+from tether.report import EpisodeResult, MachineTiming, RehearsalReport
 from tether.robot_profile import load_profile
 from tether.video import VideoWriter
 from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, TELEOP_EVENT, camera_topic
@@ -36,6 +39,31 @@ from tether_ros.spin import run
 
 class GraphError(RuntimeError):
     """A node the session needs did not answer."""
+
+
+@dataclass
+class _Outcome:
+    """How an episode ended: the twin's last answer, the operator's button, its length in robot time."""
+
+    success: bool = False
+    state: Trigger.Response | None = None  # the twin's last answer: why the episode has not succeeded
+    event: str = ""  # success, failure, discard, rerecord: the operator ended it
+    duration_s: float = 0.0
+
+
+class _StallWatch:
+    """A twin that answers but whose time stands still is stuck, however slow the machine: fail, don't wait forever."""
+
+    LIMIT_S = 30.0  # wall seconds without any sim-time progress
+
+    def __init__(self) -> None:
+        self._last, self._since = -1.0, time.monotonic()
+
+    def check(self, sim_time: float) -> None:
+        if sim_time != self._last:
+            self._last, self._since = sim_time, time.monotonic()
+        elif time.monotonic() - self._since > self.LIMIT_S:
+            raise GraphError(f"the twin's time has not advanced for {self.LIMIT_S:.0f} s (stuck at t={sim_time:.3f} s)")
 
 
 class SessionNode(Node):
@@ -62,7 +90,9 @@ class SessionNode(Node):
         self._periods: list[float] = []
         self._last_command: float | None = None
         self._gate: dict[str, str] = {}
-        self._rtf: list[float] = []
+        self._rtf: dict[str, list[float]] = {"realtime_factor": [], "compute_rtf": []}
+        self._twin: dict[str, str] = {}  # the twin's latest diagnostics (frames drawn and skipped, time slipped)
+        self._load: list[float] = []
         self._video: VideoWriter | None = None
         # Frames are encoded in the executor thread and the file closed in the episode thread;
         # PyAV is not thread-safe, so both hold this lock.
@@ -99,6 +129,7 @@ class SessionNode(Node):
         self._image_sub = self.create_subscription(Image, camera_topic(self.video_camera), self._on_image, 5)
         self._episodes_done = 0
         self.create_timer(0.5, self._drop_camera_when_done)
+        self.create_timer(1.0, lambda: self._load.append(os.getloadavg()[0]))
         threading.Thread(target=self._main, daemon=True).start()
 
     # --- listeners ----------------------------------------------------------
@@ -119,8 +150,11 @@ class SessionNode(Node):
                 self._gate = values
             elif status.name == "tether/recorder":
                 self._recorder = values
-            elif status.name == "tether/twin" and "compute_rtf" in values:
-                self._rtf.append(float(values["compute_rtf"]))
+            elif status.name == "tether/twin":
+                self._twin = values
+                for key, series in self._rtf.items():
+                    if key in values:
+                        series.append(float(values[key]))
 
     def _on_image(self, msg: Image) -> None:
         with self._video_lock:
@@ -154,13 +188,33 @@ class SessionNode(Node):
 
     def _episode(self, index: int) -> EpisodeResult | str:
         """The episode's result, or "discard"/"rerecord" when the operator dropped it."""
+        seed = self._reset_graph(index)
+        outcome = self._run_episode()
+        if outcome.event in ("discard", "rerecord"):
+            if self.record:
+                dropped = self._call("record_discard", timeout=60.0)
+                if not dropped.success:
+                    raise GraphError(f"recorder could not discard episode {index}: {dropped.message}")
+            self._close_video()
+            self.get_logger().info(f"episode {index}: {outcome.event} (operator)")
+            return outcome.event
+        if self.record:
+            commit = self._call("record_success" if outcome.success else "record_failure", timeout=60.0)
+            if not commit.success:
+                raise GraphError(f"recorder could not commit episode {index}: {commit.message}")
+            self._commits.append(commit.message)
+        self._close_video()
+        missed, distance = _outcome(outcome.state, outcome.success)
+        return EpisodeResult(index, seed, outcome.success, outcome.duration_s, missed, distance)
+
+    def _reset_graph(self, index: int) -> int:
+        """Reset the twin, the sources and the gate, open the video and begin recording; returns the seed."""
         self._recording = False
         seed_msg = self._call("twin_reset").message
         self._call("source_reset")
         if self.human_source:
             self._call("human_reset")
         self._call("gate_reset")
-        seed = int(seed_msg.split("=")[1]) if seed_msg.startswith("seed=") else -1
         if index < self.video_episodes:
             with self._video_lock:
                 self._video = VideoWriter(self.report_dir / f"episode_{index:03d}.mp4", fps=30)
@@ -169,47 +223,47 @@ class SessionNode(Node):
         self._last_command = None
         self._events.clear()  # a button pressed between episodes does not end the next one
         self._recording = True
-        start = time.monotonic()
-        success = False
-        state: Trigger.Response | None = None  # the twin's last answer: why the episode has not succeeded
-        succeeded_at: float | None = None
-        event = ""
-        while time.monotonic() - start < self.timeout_s or self._lingering(succeeded_at):
-            time.sleep(0.1)
-            self._status(index, time.monotonic() - start)
-            if self._events:
-                event = self._events.popleft()
-                if event in ("success", "failure", "discard", "rerecord"):
-                    success = event == "success"
-                    break
-                self.get_logger().warning(f"unknown teleop event '{event}' ignored")
-                event = ""
-            if succeeded_at is None:
-                state = self._call("success")
-                if state.success:
-                    success, succeeded_at = True, time.monotonic()
-            if succeeded_at is not None and self.stop_on_success and not self._lingering(succeeded_at):
-                break
-        if event in ("discard", "rerecord"):
-            if self.record:
-                dropped = self._call("record_discard", timeout=60.0)
-                if not dropped.success:
-                    raise GraphError(f"recorder could not discard episode {index}: {dropped.message}")
-            self._close_video()
-            self.get_logger().info(f"episode {index}: {event} (operator)")
-            return event
-        if self.record:
-            commit = self._call("record_success" if success else "record_failure", timeout=60.0)
-            if not commit.success:
-                raise GraphError(f"recorder could not commit episode {index}: {commit.message}")
-            self._commits.append(commit.message)
-        self._close_video()
-        end = succeeded_at if succeeded_at is not None else time.monotonic()
-        missed, distance = _outcome(state, success)
-        return EpisodeResult(index, seed, success, end - start, missed, distance)
+        return int(seed_msg.split("=")[1]) if seed_msg.startswith("seed=") else -1
 
-    def _lingering(self, succeeded_at: float | None) -> bool:
-        return succeeded_at is not None and time.monotonic() - succeeded_at < self.linger_s
+    def _run_episode(self) -> _Outcome:
+        """Run until success (plus linger), an operator's button or the timeout.
+
+        Time is the twin's: an episode lasts ``episode_timeout`` seconds of robot time, so a
+        machine that cannot keep real time runs it slower instead of cutting it short.
+        """
+        out, start, watch = _Outcome(), time.monotonic(), _StallWatch()
+        succeeded_at: float | None = None
+        while out.duration_s < self.timeout_s or self._lingering(succeeded_at, out.duration_s):
+            time.sleep(0.1)
+            self._status(out.duration_s)
+            out.event = self._operator_event()
+            if out.event:
+                out.success = out.event == "success"
+                break
+            state = self._call("success")
+            out.duration_s = _episode_time(state, time.monotonic() - start)
+            watch.check(out.duration_s)
+            if succeeded_at is None:
+                out.state = state
+                if state.success:
+                    out.success, succeeded_at = True, out.duration_s
+            if succeeded_at is not None and self.stop_on_success and not self._lingering(succeeded_at, out.duration_s):
+                break
+        if succeeded_at is not None:
+            out.duration_s = succeeded_at
+        return out
+
+    def _operator_event(self) -> str:
+        """An episode button pressed (success, failure, discard, rerecord), or ""."""
+        while self._events:
+            event = self._events.popleft()
+            if event in ("success", "failure", "discard", "rerecord"):
+                return event
+            self.get_logger().warning(f"unknown teleop event '{event}' ignored")
+        return ""
+
+    def _lingering(self, succeeded_at: float | None, now: float) -> bool:
+        return succeeded_at is not None and now - succeeded_at < self.linger_s
 
     def _close_video(self) -> None:
         with self._video_lock:
@@ -218,12 +272,15 @@ class SessionNode(Node):
                 self._video.close()
                 self._video = None
 
-    def _status(self, index: int, elapsed: float) -> None:
-        """The live status line: episode, time, who drives, recorded frames and drops."""
+    def _status(self, elapsed: float) -> None:
+        """The live status line: episode, time, who drives, recorded frames and drops, the twin's speed."""
         if self._bar is None:
             return
+        index = self._episodes_done
         status = {"ep": index, "ok": f"{self._successes}/{index}", "t": f"{elapsed:4.1f}s",
                   "human": "yes" if self._intervention else "no"}
+        if self._rtf["realtime_factor"] and self._rtf["realtime_factor"][-1] < 0.95:
+            status["rt"] = f"{self._rtf['realtime_factor'][-1]:.2f}x"  # the twin runs slower than real time
         if self.record and self._recorder:
             status["frames"] = self._recorder.get("episode_frames", "0")
             status["dropped"] = sum(int(v) for k, v in self._recorder.items() if k.startswith("dropped_"))
@@ -259,6 +316,13 @@ class SessionNode(Node):
             self.exit_code = 2
         self.finished = True
 
+    def _machine_timing(self) -> MachineTiming:
+        twin = self._twin
+        return MachineTiming(
+            realtime_factor=list(self._rtf["realtime_factor"]), compute_rtf=list(self._rtf["compute_rtf"]),
+            slipped_s=float(twin.get("slipped_s", 0.0)), frames_rendered=int(twin.get("frames_rendered", 0)),
+            frames_skipped=int(twin.get("frames_skipped", 0)), load_average=list(self._load), cpus=os.cpu_count() or 0)
+
     def _write(self, results: list[EpisodeResult]) -> None:
         gate = dict(self._gate)
         latency = {k: float(gate[f"latency_{k}_ms"]) for k in ("p50", "p99") if f"latency_{k}_ms" in gate}
@@ -268,7 +332,7 @@ class SessionNode(Node):
             command_periods_ms=self._periods,
             nominal_period_ms=self.nominal_period * 1e3,
             gate=gate,
-            twin_rtf=float(np.median(self._rtf)) if self._rtf else float("nan"),
+            machine=self._machine_timing(),
             meta={"robot": self.profile.name, "task": self.task, "source": self.source, "seed": self.seed,
                   "recorder_commits": self._commits, "discarded_episodes": self._discarded,
                   "rerecorded_episodes": self._rerecorded},
@@ -278,6 +342,14 @@ class SessionNode(Node):
             f"success {data['successes']}/{data['episodes']} ci95={np.round(data['ci95'], 3).tolist()} "
             f"report: {self.report_dir / 'report.md'}"
         )
+
+
+def _episode_time(state: Trigger.Response, wall_elapsed: float) -> float:
+    """Sim seconds since the twin's reset, from its ``~/success`` answer (``t``); wall time if it gives none."""
+    try:
+        return float(json.loads(state.message)["t"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return wall_elapsed
 
 
 def _outcome(state: Trigger.Response | None, success: bool) -> tuple[tuple[str, ...], float | None]:
@@ -294,7 +366,10 @@ NODE = SessionNode  # for tether_ros.container
 
 
 def main(args: list[str] | None = None) -> int:
-    return run(SessionNode, args)
+    # The SingleThreadedExecutor: the EventsExecutor fails on callbacks that take MessageInfo
+    # ("SystemError: null argument to internal routine"), and the session reads the wire's
+    # reception times. It is off the control path, so its higher cost per message is fine.
+    return run(SessionNode, args, executor=SingleThreadedExecutor)
 
 
 if __name__ == "__main__":

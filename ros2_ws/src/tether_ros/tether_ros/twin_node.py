@@ -9,6 +9,15 @@ JointTrajectoryController semantics. Services: ``~/reset`` (next seed) and
 
 Physics is stepped to keep pace with the clock (real time); with
 ``publish_clock`` it runs free and drives ``/clock`` for ``use_sim_time`` graphs.
+
+The control path never waits for rendering: cameras are drawn on a worker thread from state
+snapshots (``tether.sim.camera_worker``) while joint states, poses and services go on. When the
+worker falls behind, ``late_frames`` decides: ``slow_down`` (the default) holds sim time at the
+frame instant until the camera has taken the previous frame, so every frame is drawn and the
+simulated world runs slower than real time; ``skip`` keeps real time and drops the frame, counted.
+A tick steps at most ``max_catchup_s`` of sim time; when the machine cannot keep real time, the
+twin's time slips instead of piling up work, and ``/diagnostics`` says by how much
+(``realtime_factor``, ``slipped_s``, ``frames_skipped``).
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from tether.errors import ConfigError
 from tether.robot_profile import load_profile
 from tether.safety import ChunkRejected, validate_chunk
+from tether.sim.camera_worker import CameraWorker
 from tether.sim.twin import Twin
 from tether.trajectory import TrajectoryFollower
 from tether_ros.conversions import (
@@ -40,7 +51,11 @@ from tether_ros.conversions import (
     to_stamp,
     trajectory_fields,
 )
+from tether_ros.realtime import RealtimeThread
 from tether_ros.spin import run
+
+
+LATE_FRAMES = ("slow_down", "skip")
 
 
 class TwinNode(Node):
@@ -56,6 +71,13 @@ class TwinNode(Node):
         self.publish_cameras = bool(p("publish_cameras", True).value)
         self.publish_clock = bool(p("publish_clock", False).value)
         self.speed = float(p("speed", 1.0).value)  # sim seconds per wall second when publishing /clock
+        # Sim time one tick may step to catch up with the clock; beyond it, sim time slips.
+        self.max_catchup = float(p("max_catchup_s", 0.05).value)
+        self.late_frames = str(p("late_frames", "slow_down").value)
+        if self.late_frames not in LATE_FRAMES:
+            raise ConfigError(f"twin: late_frames '{self.late_frames}' is not one of {', '.join(LATE_FRAMES)}")
+        # The state loop is the robot: it runs ahead of rendering and everything else on the machine.
+        self._realtime = RealtimeThread(self, int(p("realtime_priority", 30).value))
         self.twin = Twin(self.profile, task, render_size=size if all(size) else None)
         self.twin.reset(self.seed)
         self.resets = 0
@@ -77,8 +99,14 @@ class TwinNode(Node):
         self._t0 = self._wall()  # clock time at which sim time 0 happened
         self.follower = TrajectoryFollower(self.twin.joint_positions(), self._t0)
         self._next_camera = 0.0
-        self._busy = 0.0  # seconds spent stepping physics, for the real-time factor
-        self._stats_sim0 = 0.0
+        self._frame_due = False  # sim time reached a frame instant the camera has not taken yet
+        self.cameras = CameraWorker(self.twin.model, {c: self.twin.render_size(c) for c in self.twin.camera_names},
+                                    deliver=self._publish_image, wanted=self._camera_wanted).start()
+        self._busy = 0.0  # seconds spent stepping physics, for the compute real-time factor
+        self._slipped = 0.0  # sim seconds given up because the machine could not keep real time
+        self._stats = (self._wall(), self._sim_stamp())  # for the wall-clock real-time factor
+        self.finished = False  # set when the cameras fail: the process then exits 1
+        self.exit_code = 0
         self.create_timer(self.state_period, self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
 
@@ -97,27 +125,48 @@ class TwinNode(Node):
         self.follower.command(chunk, self._sim_stamp())
 
     def _tick(self) -> None:
-        if self.publish_clock:
-            target_time = self._sim_stamp() + self.state_period * self.speed
-        else:
-            target_time = self._wall()
+        self._realtime()
+        target_time = self._target_time()
         start = time.perf_counter()
         dt = float(self.twin.model.opt.timestep)
-        while self._sim_stamp() + dt / 2 < target_time:
+        while self._frame_taken() and self._sim_stamp() + dt / 2 < target_time:
             self.twin.set_targets(self.follower.sample(self._sim_stamp() + dt))
             self.twin.step(dt * 1e3)
-            if self.publish_cameras and self.twin.time >= self._next_camera - dt / 2:
-                # Cameras live in sim time: a late tick renders every frame it stepped past, each
-                # with the joint state of its own instant, so the twin never skips a frame.
-                self._next_camera += self.camera_period
-                self._publish_state(self._sim_stamp())
-                self._publish_images(self._sim_stamp())
+            self._frame_due = self.publish_cameras and self.twin.time >= self._next_camera - dt / 2
         self._busy += time.perf_counter() - start
         stamp = self._sim_stamp()
         if self.clock_pub is not None:
             self.clock_pub.publish(Clock(clock=to_stamp(stamp)))
         self._publish_state(stamp)
         self._publish_poses(stamp)
+
+    def _target_time(self) -> float:
+        """The sim stamp this tick steps to: one period on with /clock, else now, at most ``max_catchup`` ahead."""
+        if self.publish_clock:
+            return self._sim_stamp() + self.state_period * self.speed
+        now = self._wall()
+        behind = now - self._sim_stamp()
+        if behind > self.max_catchup:  # a stall (busy machine, paused process): let sim time slip
+            self._t0 += behind - self.max_catchup
+            self._slipped += behind - self.max_catchup
+        return now
+
+    def _frame_taken(self) -> bool:
+        """Hand a due frame to the cameras; False while sim time must wait for them (``slow_down``)."""
+        if not self._frame_due:
+            return True
+        if self.late_frames == "slow_down" and self.cameras.pending:
+            return False
+        self._frame_due = False
+        self._next_camera += self.camera_period
+        self._capture(self._sim_stamp())
+        return True
+
+    def _capture(self, stamp: float) -> None:
+        """A camera instant: a joint state with the frame's own stamp, and the scene to the camera worker."""
+        self._publish_state(stamp)
+        if self.cameras.wants_any():
+            self.cameras.submit(self.twin.scene_state(), stamp)
 
     def _publish_state(self, stamp: float) -> None:
         names = self.twin.joint_names
@@ -130,18 +179,18 @@ class TwinNode(Node):
         self.object_pub.publish(_pose(pos, quat, stamp))
         self.target_pub.publish(_pose(self.twin.target_position(), np.array([1.0, 0, 0, 0]), stamp))
 
-    def _publish_images(self, stamp: float) -> None:
-        start = time.perf_counter()
-        for name, (image_pub, info_pub) in self.image_pubs.items():
-            if image_pub.get_subscription_count() == 0 and info_pub.get_subscription_count() == 0:
-                continue  # lazy, like camera drivers: nobody listens, nothing is rendered
-            rgb = self.twin.render(name)
-            msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
-            msg.header.stamp, msg.header.frame_id = to_stamp(stamp), f"{name}_optical_frame"
-            msg.data = rgb.tobytes()
-            image_pub.publish(msg)
-            info_pub.publish(self._camera_info(name, rgb.shape[1], rgb.shape[0], msg.header))
-        self._busy += time.perf_counter() - start
+    def _camera_wanted(self, name: str) -> bool:
+        image_pub, info_pub = self.image_pubs[name]
+        return image_pub.get_subscription_count() > 0 or info_pub.get_subscription_count() > 0
+
+    def _publish_image(self, name: str, rgb: np.ndarray, stamp: float) -> None:
+        """On the camera worker's thread: one rendered frame and its CameraInfo."""
+        image_pub, info_pub = self.image_pubs[name]
+        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+        msg.header.stamp, msg.header.frame_id = to_stamp(stamp), f"{name}_optical_frame"
+        msg.data = rgb.tobytes()
+        image_pub.publish(msg)
+        info_pub.publish(self._camera_info(name, rgb.shape[1], rgb.shape[0], msg.header))
 
     def _camera_info(self, name: str, width: int, height: int, header: object) -> CameraInfo:
         fovy = np.deg2rad(self.profile.camera(name).fovy)
@@ -163,6 +212,8 @@ class TwinNode(Node):
         self._t0 = before if self.publish_clock else self._wall()
         self.follower.reset(self.twin.joint_positions(), self._sim_stamp())
         self._next_camera = 0.0
+        self._frame_due = False
+        self.cameras.clear()
         res.success, res.message = True, f"seed={seed}"
         return res
 
@@ -176,16 +227,32 @@ class TwinNode(Node):
         return res
 
     def _publish_diagnostics(self) -> None:
-        sim_elapsed = self.twin.time - self._stats_sim0
-        rtf = sim_elapsed / self._busy if self._busy > 0 else 0.0
-        self._busy, self._stats_sim0 = 0.0, self.twin.time
-        status = DiagnosticStatus(level=DiagnosticStatus.OK, name="tether/twin", message="running")
-        status.values = [KeyValue(key="compute_rtf", value=f"{rtf:.2f}"), KeyValue(key="sim_time", value=f"{self.twin.time:.3f}")]
+        if self.cameras.error is not None and not self.finished:
+            self.get_logger().error(f"camera rendering failed: {self.cameras.error}")
+            self.exit_code, self.finished = 1, True
+        wall, sim = self._wall(), self._sim_stamp()
+        values = {**self._rates(wall, sim), "sim_time": f"{self.twin.time:.3f}", "slipped_s": f"{self._slipped:.3f}",
+                  "frames_rendered": str(self.cameras.rendered), "frames_skipped": str(self.cameras.skipped),
+                  **{f"render_{k}_ms": f"{v:.2f}" for k, v in self.cameras.render_ms().items()}}
+        self._stats, self._busy = (wall, sim), 0.0
+        behind = self._slipped > 0 or self.cameras.skipped > 0
+        status = DiagnosticStatus(level=DiagnosticStatus.WARN if behind else DiagnosticStatus.OK, name="tether/twin",
+                                  message="behind real time" if behind else "running")
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(arr)
 
+    def _rates(self, wall: float, sim: float) -> dict[str, str]:
+        """compute_rtf: sim time per second of physics work; realtime_factor: sim time per wall second."""
+        wall0, sim0 = self._stats
+        rates = {"realtime_factor": f"{(sim - sim0) / (wall - wall0):.3f}"} if wall > wall0 and sim >= sim0 else {}
+        if self._busy > 0:
+            rates["compute_rtf"] = f"{(sim - sim0) / self._busy:.2f}"
+        return rates
+
     def close(self) -> None:
+        self.cameras.close()  # joins the worker, which releases its GL context on its own thread
         self.twin.close()
 
 
