@@ -22,7 +22,7 @@ import numpy as np
 
 from tether.errors import ConfigError, UnknownJointError
 from tether.robot_profile import RobotProfile
-from tether.safety import ChunkRejected, SafetyFilter, SafetyLimits, validate_chunk
+from tether.safety import ChunkRejected, RateLimiter, SafetyFilter, SafetyLimits, validate_chunk
 from tether.trajectory import TrajectoryFollower
 
 
@@ -72,8 +72,14 @@ class Gate:
         self._last_chunk_rx = -np.inf
         self._pending_obs: float | None = None
         self._estop = False
-        self._hold_q: np.ndarray | None = None
-        self._hold_reason = ""
+        self.fault = ""  # a latched fault (a second commander on the robot's topic): hold until restarted
+        self.shutting_down = False  # the gate's last act: a stop within the limits
+        self._hold_reason = ""  # why the gate holds now ("" while tracking)
+        self._step_faults = 0  # the filter's step_exceeded count already acted on
+        self._fault = ""  # why the last trajectory was stopped, until a new chunk arrives
+        limits = profile.chunks  # a flood of chunks from one source is dropped beyond the profile's rate
+        self._rates = {s: RateLimiter(limits.max_rate_hz, max(1.0, limits.max_rate_hz * 0.05))
+                       for s in self.config.sources}
 
     # --- inputs -------------------------------------------------------------
     def on_joint_state(self, names: Sequence[str], positions: Sequence[float], stamp: float) -> None:
@@ -101,7 +107,10 @@ class Gate:
         if source not in self.config.sources:
             raise ChunkRejected("unknown_source", f"unknown source '{source}'; sources: {self.config.sources}")
         try:
-            chunk, clamped = validate_chunk(self.profile, joint_names, start, times, positions)
+            if not self._rates[source].take(now):
+                raise ChunkRejected("rate_limited", f"source '{source}' sends more than "
+                                                    f"{self.profile.chunks.max_rate_hz:g} chunks/s (chunks.max_rate_hz)")
+            chunk, clamped = validate_chunk(self.profile, joint_names, start, times, positions, now=now)
         except ChunkRejected as exc:
             self.counters[f"rejected_{exc.reason}"] += 1
             raise
@@ -115,10 +124,20 @@ class Gate:
                 self.counters["rejected_no_joint_state"] += 1
                 raise ChunkRejected("no_joint_state", "no joint state received yet; the chunk has nothing to start from")
             self._follower = TrajectoryFollower(anchor, now)
+            self._fault = ""
         self._follower.command(chunk, now)
         self._last_chunk_rx = now
         self._pending_obs = start
         self.counters["chunks"] += 1
+        return True
+
+    def flooded(self, source: str, now: float) -> bool:
+        """True when a chunk from ``source`` would be refused for its rate: a node can then drop it
+        before decoding it. The refusal is counted here."""
+        limiter = self._rates.get(source)
+        if limiter is None or limiter.ready(now):
+            return False
+        self.counters["rejected_rate_limited"] += 1
         return True
 
     # --- control ------------------------------------------------------------
@@ -127,8 +146,21 @@ class Gate:
             self.counters["estops"] += 1
         self._estop = True
 
+    def latch_fault(self, reason: str) -> None:
+        """Stop for good: unlike the e-stop, nothing clears it but a restart of the gate."""
+        if not self.fault:
+            self.counters["faults"] += 1
+            self.fault = reason
+
+    @property
+    def at_rest(self) -> bool:
+        """The command stream is standing still (a stop has finished decelerating)."""
+        return not self.filter.moving
+
     def clear_estop(self) -> None:
         self._estop = False
+        self.fault = ""  # a latched fault (a second commander on the robot's topic): hold until restarted
+        self.shutting_down = False  # the gate's last act: a stop within the limits
 
     @property
     def estopped(self) -> bool:
@@ -141,7 +173,7 @@ class Gate:
         self._last_chunk_rx = -np.inf
         if self._measured is not None:
             self.filter.reset(self._measured)
-        self._hold_q = None
+        self._hold_reason = ""
 
     @property
     def active_source(self) -> str:
@@ -181,7 +213,12 @@ class Gate:
         assert self._follower is not None
         desired = self._follower.sample(now + self.period)
         out = self.filter(desired, self._measured, self.period)
-        self._hold_q, self._hold_reason = None, ""
+        if self.filter.step_exceeded > self._step_faults:
+            # The measured state ran out of the step band faster than the command may follow (a push,
+            # a collision, a stalled joint): stop this trajectory, as JTC does past its path tolerance.
+            self._step_faults = self.filter.step_exceeded
+            self._follower, self._fault = None, "tracking_error"
+        self._hold_reason = ""
         self.counters["commands"] += 1
         if self._pending_obs is not None:
             if now >= self._pending_obs:
@@ -190,30 +227,36 @@ class Gate:
         return GateCommand(out, hold=False, reason="tracking")
 
     def _hold_cause(self, now: float) -> str:
+        if self.shutting_down:
+            return "shutdown"
+        if self.fault:
+            return "fault"
         if self._estop:
             return "estop"
         if self.mode is Mode.PAUSED:
             return "paused"
         if now - self._state_stamp > self.config.state_timeout:
             return "stale_joint_states"
-        if self._follower is None or now - self._last_chunk_rx > self.config.source_timeout:
+        if self._follower is None:
+            return self._fault or "source_silent"
+        if now - self._last_chunk_rx > self.config.source_timeout:
             return "source_silent"
         return ""
 
     def _hold(self, reason: str) -> GateCommand:
-        if self._hold_q is None or reason != self._hold_reason:
+        """Stop: decelerate within the limits to a standstill near the current command.
+
+        Never a snap to the measured state: a gripper closed on an object stays closed.
+        """
+        if reason != self._hold_reason:
             self.counters["holds"] += 1
             self.counters[f"hold_{reason}"] += 1
-            # E-stop freezes where the robot is; other holds keep the last safe command.
-            base = self._measured if reason == "estop" or self.filter.last is None else self.filter.last
-            assert base is not None
-            self._hold_q = base.copy()
             self._hold_reason = reason
-            self.filter.reset(self._hold_q)
             self._follower = None
             self._pending_obs = None
         self.counters["hold_ticks"] += 1
-        return GateCommand(self._hold_q.copy(), hold=True, reason=reason)
+        assert self._measured is not None
+        return GateCommand(self.filter.stop(self._measured, self.period), hold=True, reason=reason)
 
     def _anchor(self) -> np.ndarray | None:
         last = self.filter.last
@@ -228,8 +271,10 @@ class Gate:
             active_source=self.active_source,
             mode=self.mode.value,
             estop=self._estop,
-            hold_reason=self._hold_reason if self._hold_q is not None else "",
+            fault=self.fault,
+            hold_reason=self._hold_reason,
             limited=self.filter.limited_count,
+            step_exceeded=self.filter.step_exceeded,
         )
         if lat.size:
             out.update(latency_p50_ms=float(np.percentile(lat, 50)), latency_p99_ms=float(np.percentile(lat, 99)))

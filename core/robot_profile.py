@@ -118,6 +118,28 @@ class CameraSpec:
 
 
 @dataclass(frozen=True)
+class ChunkLimits:
+    """What the gate accepts from an action source; a chunk is one JointTrajectory.
+
+    Each bound turns a malformed or hostile stream into refusals with a reason, never into
+    work that starves the command stream: a chunk's length and duration bound what one chunk
+    costs, the stamp bounds refuse actions computed from stale (or future) observations, and the
+    rate bound drops a flood per source before it is even decoded.
+    """
+
+    max_points: int = 200  # an ACT chunk is 100 points at 30 Hz, a diffusion horizon 16
+    max_duration: float = 10.0  # s from the stamp to the last point
+    max_age: float = 0.5  # s the stamp (the observation's capture time) may lie in the past
+    max_lead: float = 0.5  # s it may lie in the future
+    max_rate_hz: float = 200.0  # chunks a second from one source
+
+    def __post_init__(self) -> None:
+        for name in ("max_points", "max_duration", "max_age", "max_lead", "max_rate_hz"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"chunks.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class RobotProfile:
     name: str
     urdf: str
@@ -129,6 +151,7 @@ class RobotProfile:
     servo: ServoSpec = field(default_factory=ServoSpec)
     base_pos: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     joint_states_topic: str = "/joint_states"
+    chunks: ChunkLimits = field(default_factory=ChunkLimits)
     source_path: str = ""
 
     @property

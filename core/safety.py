@@ -15,8 +15,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from tether.errors import TetherError, UnknownJointError
-from tether.robot_profile import RobotProfile
+from tether.robot_profile import ChunkLimits, RobotProfile
 from tether.trajectory import Chunk
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` events a second on average, bursts of up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens, self._at = burst, -np.inf
+
+    def ready(self, now: float) -> bool:
+        """Would an event be admitted now? (Does not use a token.)"""
+        return self._level(now) >= 1.0
+
+    def take(self, now: float) -> bool:
+        """Admit an event now if a token is left."""
+        self._tokens, self._at = self._level(now), now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _level(self, now: float) -> float:
+        return float(min(self.burst, self._tokens + (now - self._at) * self.rate)) if self._at > -np.inf else self.burst
 
 
 class ChunkRejected(TetherError):
@@ -33,9 +56,14 @@ def validate_chunk(
     start: float,
     times: Sequence[float],
     positions: Sequence[Sequence[float]],
+    now: float | None = None,
 ) -> tuple[Chunk, int]:
-    """Return the chunk in profile joint order and the number of clamped values."""
+    """Return the chunk in profile joint order and the number of clamped values.
+
+    With ``now``, the stamp must also lie within the profile's ``chunks.max_age`` / ``max_lead`` of it.
+    """
     names = list(joint_names)
+    _check_size(profile.chunks, times)
     for name in names:
         if name not in profile.joint_names:
             err = UnknownJointError("trajectory", name, profile.joint_names)
@@ -43,23 +71,46 @@ def validate_chunk(
     missing = [n for n in profile.joint_names if n not in names]
     if missing or len(set(names)) != len(names):
         raise ChunkRejected("joint_set", f"trajectory must name each of {profile.joint_names} once; missing {missing}")
-    if len(times) == 0:
-        raise ChunkRejected("empty", "trajectory has no points")
     rows = [list(p) for p in positions]
     bad = [i for i, row in enumerate(rows) if len(row) != len(names)]
-    if bad:
-        raise ChunkRejected("point_size", f"point {bad[0]} has {len(rows[bad[0]])} positions, expected {len(names)}")
+    if len(rows) != len(times) or bad:
+        raise ChunkRejected("point_size", f"point {bad[0] if bad else len(rows)} has "
+                                          f"{len(rows[bad[0]]) if bad else 0} positions, expected {len(names)}")
     q = np.asarray(rows, dtype=float)
     t = np.asarray(times, dtype=float)
     if not np.all(np.isfinite(q)) or not np.all(np.isfinite(t)) or not np.isfinite(start):
         raise ChunkRejected("non_finite", "trajectory contains NaN or inf")
     if t[0] < 0 or np.any(np.diff(t) <= 0):
         raise ChunkRejected("time_order", f"time_from_start must be >= 0 and strictly increasing, got {t.tolist()}")
+    _check_timing(profile.chunks, start, float(t[-1]), now)
     order = [names.index(n) for n in profile.joint_names]
     q = q[:, order]
     clamped = np.clip(q, profile.lower, profile.upper)
     n_clamped = int(np.count_nonzero(clamped != q))
     return Chunk(tuple(profile.joint_names), float(start), t, clamped), n_clamped
+
+
+def _check_size(limits: ChunkLimits, times: Sequence[float]) -> None:
+    """Checked first: a huge chunk is refused before any work proportional to its size."""
+    if len(times) == 0:
+        raise ChunkRejected("empty", "trajectory has no points")
+    if len(times) > limits.max_points:
+        raise ChunkRejected("too_many_points", f"trajectory has {len(times)} points; the profile allows "
+                                               f"{limits.max_points} (chunks.max_points)")
+
+
+def _check_timing(limits: ChunkLimits, start: float, duration: float, now: float | None) -> None:
+    if duration > limits.max_duration:
+        raise ChunkRejected("too_long", f"trajectory lasts {duration:.3f} s; the profile allows "
+                                        f"{limits.max_duration} s (chunks.max_duration)")
+    if now is None:
+        return
+    if start < now - limits.max_age:
+        raise ChunkRejected("stale_stamp", f"trajectory is stamped {now - start:.3f} s in the past; the profile "
+                                           f"allows {limits.max_age} s (chunks.max_age): its observation is stale")
+    if start > now + limits.max_lead:
+        raise ChunkRejected("future_stamp", f"trajectory is stamped {start - now:.3f} s in the future; the profile "
+                                            f"allows {limits.max_lead} s (chunks.max_lead)")
 
 
 @dataclass(frozen=True)
@@ -75,8 +126,42 @@ class SafetyLimits:
         return cls(profile.lower, profile.upper, profile.max_velocity, profile.max_acceleration, max_step)
 
 
+def stopping_speed(distance: np.ndarray, accel: np.ndarray, dt: float) -> np.ndarray:
+    """The highest speed from which a stream of ``dt`` ticks, braking at ``accel``, stops within ``distance``.
+
+    Exact for the discrete stream: at speed v the commands still move ``dt * sum(max(0, v - i*accel*dt))``
+    (i = 0, 1, ...), this tick included. Negative distances give 0 (no room at all).
+    """
+    d = np.maximum(np.asarray(distance, dtype=float), 0.0)
+    unit = accel * dt * dt  # the distance one tick of braking takes off
+    n = np.floor((np.sqrt(1.0 + 8.0 * d / unit) - 1.0) / 2.0)  # whole braking ticks that fit
+    speed = (d + unit * n * (n + 1) / 2.0) / ((n + 1) * dt)
+    return np.minimum(speed, (n + 1) * accel * dt)
+
+
 class SafetyFilter:
-    """Streams commands that respect position, velocity, acceleration and step limits."""
+    """Streams commands that respect position, velocity, acceleration and step limits on every tick.
+
+    Each tick chooses the next velocity inside the intersection of what every limit allows,
+    so no later step can undo an earlier one:
+
+    1. the target: the desired position within the joint limits and within ``max_step`` of the
+       measured state;
+    2. the velocity that reaches it fastest without overshoot (braking at the acceleration limit,
+       riding along when the target itself moves);
+    3. the bounds: the acceleration limit around the current velocity, the velocity limit, and
+       braking envelopes that keep the stream able to stop before each joint limit and before the
+       edge of the ``max_step`` band around the measured state;
+    4. the command: the wanted velocity clipped into those bounds, integrated once.
+
+    Position, velocity and acceleration are hard: they hold on every tick by induction. The step
+    band is kept too, unless the measured state runs away faster than the limits let the command
+    follow (a push, a collision, a stalled servo): then the kinematic limits win, the tick is
+    counted in ``step_exceeded`` and the gate stops the stream (JointTrajectoryController aborts on
+    its path tolerance the same way). ``stop()`` decelerates within the limits to a standstill near
+    the current command; nothing ever snaps to the measured state, so a gripper holding an object
+    keeps holding it.
+    """
 
     def __init__(self, limits: SafetyLimits) -> None:
         self.limits = limits
@@ -85,8 +170,10 @@ class SafetyFilter:
         self._last_target: np.ndarray | None = None
         self.limited_count = 0  # commands that ended more than ``limited_tolerance`` from the target
         self.limited_tolerance = 1e-3  # rad
+        self.step_exceeded = 0  # ticks on which the measured state ran out of the step band
 
     def reset(self, position: np.ndarray) -> None:
+        """Start (or restart after a robot reset) at ``position``, at rest."""
         self._last = np.clip(np.asarray(position, float), self.limits.lower, self.limits.upper)
         self._velocity = np.zeros_like(self._last)
         self._last_target = None
@@ -95,30 +182,76 @@ class SafetyFilter:
     def last(self) -> np.ndarray | None:
         return None if self._last is None else self._last.copy()
 
+    @property
+    def velocity(self) -> np.ndarray:
+        return self._velocity.copy()
+
+    @property
+    def moving(self) -> bool:
+        return bool(np.any(self._velocity != 0.0))
+
     def __call__(self, desired: np.ndarray, measured: np.ndarray, dt: float) -> np.ndarray:
-        lim = self.limits
+        """The next command toward ``desired``."""
+        last = self._start(measured)
+        target = self._target(desired, measured)
+        target_velocity = np.zeros_like(target) if self._last_target is None else (target - self._last_target) / dt
+        self._last_target = target
+        # ``target`` is where the command should be after this tick; ``gap`` is how far the command
+        # trails (or leads) the moving target, which it closes no faster than it can brake.
+        gap = target - last - target_velocity * dt
+        brake = stopping_speed(np.abs(gap), self.limits.max_acceleration, dt)
+        wanted = target_velocity + np.clip(gap / dt, -brake, brake)
+        out = self._advance(wanted, measured, dt)
+        if np.max(np.abs(out - target)) > self.limited_tolerance:
+            self.limited_count += 1
+        return out
+
+    def stop(self, measured: np.ndarray, dt: float) -> np.ndarray:
+        """Decelerate within the limits toward a standstill near the current command."""
+        self._start(measured)
+        self._last_target = None  # whatever tracks next starts from rest, not from a stale target
+        return self._advance(np.zeros_like(self._velocity), measured, dt)
+
+    def _start(self, measured: np.ndarray) -> np.ndarray:
         if self._last is None:
             self.reset(measured)
         assert self._last is not None
+        return self._last
+
+    def _target(self, desired: np.ndarray, measured: np.ndarray) -> np.ndarray:
+        lim = self.limits
         target = np.clip(desired, lim.lower, lim.upper)
-        target = np.clip(target, measured - lim.max_step, measured + lim.max_step)
-        # Track a moving target without lag: brake on the error relative to the target's own motion.
-        target_velocity = np.zeros_like(target) if self._last_target is None else (target - self._last_target) / dt
-        self._last_target = target
-        error = target - self._last
-        a = lim.max_acceleration
-        # Fastest relative speed from which discrete braking at ``a`` still stops within |error|.
-        v_brake = a * (np.sqrt(dt * dt / 4.0 + 2.0 * np.abs(error) / a) - dt / 2.0)
-        v_wanted = target_velocity + np.clip(error / dt - target_velocity, -v_brake, v_brake)
-        dv = np.clip(v_wanted - self._velocity, -a * dt, a * dt)
-        velocity = np.clip(self._velocity + dv, -lim.max_velocity, lim.max_velocity)
-        out = self._last + velocity * dt
-        passed = (out - target) * (self._last - target) < 0
-        out[passed] = target[passed]  # arrive rather than overshoot
-        # The position and step bounds are hard, whatever the dynamics wanted.
-        out = np.clip(np.clip(out, measured - lim.max_step, measured + lim.max_step), lim.lower, lim.upper)
-        if np.max(np.abs(out - target)) > self.limited_tolerance:
-            self.limited_count += 1
+        return np.clip(target, measured - lim.max_step, measured + lim.max_step)
+
+    def _advance(self, wanted: np.ndarray, measured: np.ndarray, dt: float) -> np.ndarray:
+        """Clip ``wanted`` into the velocities every limit allows, and take one tick at it."""
+        assert self._last is not None
+        lo, hi = self._kinematic_bounds(dt)
+        step_lo, step_hi = self._step_bounds(measured, dt)
+        feasible = (np.maximum(lo, step_lo) <= np.minimum(hi, step_hi))
+        self.step_exceeded += int(not np.all(feasible))
+        lo = np.where(feasible, np.maximum(lo, step_lo), lo)
+        hi = np.where(feasible, np.minimum(hi, step_hi), hi)
+        velocity = np.clip(wanted, lo, hi)
+        out = np.clip(self._last + velocity * dt, self.limits.lower, self.limits.upper)  # rounding only
         self._velocity = (out - self._last) / dt
         self._last = out
         return out.copy()
+
+    def _kinematic_bounds(self, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """Velocities within the acceleration and velocity limits that can still stop before the joint limits."""
+        assert self._last is not None
+        lim, v = self.limits, self._velocity
+        a = lim.max_acceleration
+        lo = np.maximum.reduce([v - a * dt, -lim.max_velocity, -stopping_speed(self._last - lim.lower, a, dt)])
+        hi = np.minimum.reduce([v + a * dt, lim.max_velocity, stopping_speed(lim.upper - self._last, a, dt)])
+        # The envelope tightens by at most one tick of braking per tick, so lo <= hi by induction;
+        # rounding aside, the acceleration bound is the one to keep.
+        return np.minimum(lo, v + a * dt), np.maximum(hi, v - a * dt)
+
+    def _step_bounds(self, measured: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """Velocities that keep the command able to stop inside the band of ``max_step`` around ``measured``."""
+        assert self._last is not None
+        a, band = self.limits.max_acceleration, self.limits.max_step
+        return (-stopping_speed(self._last - (measured - band), a, dt),
+                stopping_speed(measured + band - self._last, a, dt))

@@ -151,3 +151,31 @@ def test_handback_and_pause(gate, so101) -> None:
     assert cmd.hold and cmd.reason == "paused"
     with pytest.raises(ConfigError, match="modes: autonomous, human, paused"):
         gate.set_mode("sleepy")
+
+
+@pytest.mark.parametrize(("start", "times", "reason"), [
+    (0.0, list(np.arange(1, 202) * 0.01), "too_many_points"),  # the profile allows 200
+    (0.0, [5.0, 10.5], "too_long"),  # 10 s at most
+    (-0.6, [0.05], "stale_stamp"),  # an observation more than 0.5 s old
+    (0.6, [0.05], "future_stamp"),  # or stamped more than 0.5 s ahead
+])
+def test_chunks_beyond_the_profiles_bounds_are_refused_with_a_reason(gate, so101, start, times, reason) -> None:
+    points = [so101.home] * len(times)
+    with pytest.raises(ChunkRejected) as info:
+        gate.on_chunk("expert", so101.joint_names, start, times, points, now=0.0)
+    assert info.value.reason == reason and "chunks." in str(info.value)  # names the profile's setting
+    assert gate.counters[f"rejected_{reason}"] == 1
+
+
+def test_a_chunk_flood_is_cut_to_the_profiles_rate(gate, so101) -> None:
+    accepted = refused = 0
+    for k in range(2000):  # 1 s of chunks at 2 kHz
+        now = k * 0.0005
+        if gate.flooded("expert", now):  # what a node checks before decoding
+            refused += 1
+            continue
+        send(gate, so101, now=now)
+        accepted += 1
+    assert 200 <= accepted <= 220  # 200 chunks/s plus the burst allowance
+    assert gate.counters["rejected_rate_limited"] == refused == 2000 - accepted
+    assert not gate.flooded("teleop", 1.0)  # each source has its own budget

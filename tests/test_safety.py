@@ -96,4 +96,5 @@ def test_filter_tracks_a_smooth_moving_target_without_lag(so101) -> None:
         errors.append(abs(q[0] - target[0]))
     assert max(errors[40:295]) < 1e-3  # after the acceleration phase it rides on the ramp
     assert max(errors[295:]) < 0.03 and errors[-1] < 1e-6  # an instant stop is braked, then reached
-    assert f.limited_count < 40
+    # 0.1 s to reach 1 rad/s and close the gap, 0.1 s to brake the instant stop and come back: both within limits.
+    assert f.limited_count <= 40

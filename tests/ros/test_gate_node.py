@@ -169,3 +169,46 @@ def test_takeover_is_published_as_a_latched_intervention(rig, so101) -> None:
     np.testing.assert_allclose(probe.last(), target, atol=1e-3)
     back = probe.create_client(Trigger, "/gate/handback").call_async(Trigger.Request())
     assert graph.spin_until(back.done) and graph.spin_until(lambda: late[-1] is False)
+
+
+def test_a_second_commander_is_a_latched_fault_that_stops_and_exits(rig, so101) -> None:
+    """Nothing but the gate may publish on the robot's command topic; an intruder stops the gate for good."""
+    graph, gate, probe = rig
+    drive(graph, probe, 0.3, chunk=so101.home + 0.05)
+    intruder = graph.add(Node("rogue_teleop"))
+    rogue = intruder.create_publisher(JointTrajectory, so101.command_topic, COMMAND_QOS)
+    for _ in range(300):  # up to 3 s: the gate sees the intruder once discovery has matched it
+        probe.send_state(so101.home)
+        probe.send_chunk(so101.home + 0.05)
+        rogue.publish(trajectory_msg(so101.joint_names, probe.now(), [0.01], np.atleast_2d(so101.home + 0.3)))
+        graph.spin_for(0.01)
+        if gate.finished:
+            break
+    assert gate.finished and gate.exit_code == 3
+    assert any("second commander" in m and "/rogue_teleop" in m for m in probe.diagnostics)
+    ours = [c for c in probe.commands if np.allclose(c.points[0].time_from_start.nanosec, 5_000_000)]
+    last = [np.array(c.points[0].positions) for c in ours[-5:]]
+    assert all(np.allclose(q, last[-1]) for q in last)  # its last commands stand still
+
+
+def test_the_gates_last_act_is_a_stop_within_the_limits(rig, so101) -> None:
+    """Whatever ends the gate (a signal, a dead supervisor), it leaves the arm standing still, not frozen mid-swing."""
+    import threading
+
+    graph, gate, probe = rig
+    far = so101.home.copy()
+    far[0] = 1.5
+    drive(graph, probe, 0.4, chunk=far)  # swinging the base at its velocity limit
+    closing = threading.Thread(target=gate.close)
+    closing.start()
+    while closing.is_alive():
+        probe.send_state(np.array(probe.commands[-1].points[0].positions) if probe.commands else so101.home)
+        graph.spin_for(0.005)
+    graph.spin_for(0.1)
+    q = np.array([c.points[0].positions for c in probe.commands])[:, 0]
+    v = np.diff(q) / gate.gate.period
+    moving = np.flatnonzero(np.abs(v) > 2.5)
+    assert moving.size and v[-1] == 0.0  # it was swinging, and ended at rest ...
+    stop = v[moving[-1]:]
+    assert np.all(np.abs(np.diff(stop)) / gate.gate.period <= so101.max_acceleration[0] * (1 + 1e-6))  # ... braking
+    assert gate.gate.diagnostics()["hold_shutdown"] == 1

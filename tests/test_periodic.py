@@ -1,0 +1,48 @@
+"""A fixed-rate loop on its own thread: late ticks run once, missed deadlines are counted, never bunched."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tether.periodic import PeriodicLoop
+
+
+def test_a_stalled_tick_skips_the_deadlines_it_missed_instead_of_bunching_them() -> None:
+    starts: list[float] = []
+
+    def tick() -> None:
+        starts.append(time.monotonic())
+        if len(starts) == 5:
+            time.sleep(0.1)  # a stall of 20 periods
+
+    loop = PeriodicLoop(0.005, tick, name="test").start()
+    time.sleep(0.3)
+    loop.stop()
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps[4] >= 0.1  # the stall
+    assert min(gaps[5:10]) > 0.002  # after it: back on the 5 ms grid, not a burst of 20 catch-up ticks
+    assert loop.missed >= 19 and not loop.running
+
+
+def test_a_failing_tick_ends_the_loop_and_keeps_the_error() -> None:
+    def tick() -> None:
+        raise RuntimeError("publisher gone")
+
+    loop = PeriodicLoop(0.005, tick, name="test").start()
+    time.sleep(0.05)
+    assert not loop.running and isinstance(loop.error, RuntimeError)
+
+
+def test_on_start_runs_on_the_loop_thread() -> None:
+    import threading
+
+    seen: list[int] = []
+    loop = PeriodicLoop(0.01, lambda: None, name="test", on_start=lambda: seen.append(threading.get_native_id()))
+    loop.start()
+    time.sleep(0.05)
+    loop.stop()
+    assert seen and seen[0] != threading.get_native_id()
+    with pytest.raises(ValueError, match="positive"):
+        PeriodicLoop(0.0, lambda: None, name="bad")
