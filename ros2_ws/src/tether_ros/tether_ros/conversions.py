@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 JOINT_STATES = "/joint_states"
@@ -46,6 +48,20 @@ def to_duration(seconds: float) -> Duration:
 
 def from_duration(d: Duration) -> float:
     return d.sec + d.nanosec * 1e-9
+
+
+def image_msg(rgb: np.ndarray, stamp: float, frame_id: str) -> Image:
+    """An rgb8 Image of an HxWx3 uint8 array: one memcpy into the message.
+
+    (Assigning ``bytes`` to ``data`` makes rclpy build its array element by element: ~0.8 ms for a
+    640x480 frame, on the thread that renders and publishes 60 of them a second.)
+    """
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
+    msg.header.stamp, msg.header.frame_id = to_stamp(stamp), frame_id
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(rgb, dtype=np.uint8))
+    msg.data = data
+    return msg
 
 
 def joint_state_msg(names: list[str], q: np.ndarray, v: np.ndarray, stamp: float) -> JointState:

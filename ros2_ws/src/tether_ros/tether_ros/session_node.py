@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.client import Client
 from rclpy.node import Node
-from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -33,7 +32,15 @@ from trajectory_msgs.msg import JointTrajectory
 from tether.report import EpisodeResult, MachineTiming, RehearsalReport
 from tether.robot_profile import load_profile
 from tether.video import VideoWriter
-from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, TELEOP_EVENT, camera_topic
+from tether_ros.conversions import (
+    COMMAND_QOS,
+    DIAGNOSTICS,
+    INTERVENTION,
+    LATCHED_QOS,
+    TELEOP_EVENT,
+    camera_topic,
+    to_sec,
+)
 from tether_ros.spin import run
 
 
@@ -87,8 +94,6 @@ class SessionNode(Node):
         self.nominal_period = 1.0 / float(p("gate_rate_hz", 200.0).value)
         self.finished = False
         self.exit_code = 0
-        self._periods: list[float] = []
-        self._last_command: float | None = None
         self._gate: dict[str, str] = {}
         self._rtf: dict[str, list[float]] = {"realtime_factor": [], "compute_rtf": []}
         self._twin: dict[str, str] = {}  # the twin's latest diagnostics (frames drawn and skipped, time slipped)
@@ -98,25 +103,14 @@ class SessionNode(Node):
         # PyAV is not thread-safe, so both hold this lock.
         self._video_lock = threading.Lock()
         self._recording = False
-        self._trigger_clients = {
-            name: self.create_client(Trigger, srv)
-            for name, srv in {
-                "twin_reset": "/twin/reset",
-                "success": "/twin/success",
-                "source_reset": f"/{self.source}/reset",
-                "gate_reset": "/gate/reset",
-                "record_begin": "/recorder/begin",
-                "record_success": "/recorder/commit_success",
-                "record_failure": "/recorder/commit_failure",
-                "record_discard": "/recorder/discard",
-                "human_reset": f"/{self.human_source or 'teleop'}/reset",
-            }.items()
-        }
+        self._trigger_clients = self._session_clients()
         self._commits: list[str] = []
         self._recorder: dict[str, str] = {}
         self._intervention = False
         self._bar: tqdm | None = None
         self._successes = 0
+        self._periods: list[float] = []
+        self._last_command: float | None = None
         self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
         self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diag, 50)
         self.create_subscription(Bool, INTERVENTION, self._on_intervention, LATCHED_QOS)
@@ -132,16 +126,29 @@ class SessionNode(Node):
         self.create_timer(1.0, lambda: self._load.append(os.getloadavg()[0]))
         threading.Thread(target=self._main, daemon=True).start()
 
-    # --- listeners ----------------------------------------------------------
-    def _on_command(self, _msg: JointTrajectory, info: MessageInfo) -> None:
-        # DDS's reception time: the period on the wire, not when this process got scheduled.
-        received = info["received_timestamp"] * 1e-9
-        if self._last_command is not None and self._recording:
-            self._periods.append((received - self._last_command) * 1e3)
-        self._last_command = received
+    def _session_clients(self) -> dict[str, Client]:
+        """The services this session calls, and only those (each one is work for every spin)."""
+        services = {"twin_reset": "/twin/reset", "success": "/twin/success", "source_reset": f"/{self.source}/reset",
+                    "gate_reset": "/gate/reset"}
+        if self.record:
+            services.update(record_begin="/recorder/begin", record_success="/recorder/commit_success",
+                            record_failure="/recorder/commit_failure", record_discard="/recorder/discard")
+        if self.human_source:
+            services["human_reset"] = f"/{self.human_source}/reset"
+        return {name: self.create_client(Trigger, srv) for name, srv in services.items()}
 
+    # --- listeners ----------------------------------------------------------
     def _on_intervention(self, msg: Bool) -> None:
         self._intervention = bool(msg.data)
+
+    def _on_command(self, msg: JointTrajectory) -> None:
+        # The gate stamps each command with its tick's time: these are the stream's periods as the gate
+        # kept them, whatever this process's scheduling. (DDS's reception times come only with
+        # MessageInfo, which rclpy's EventsExecutor cannot deliver.)
+        stamp = to_sec(msg.header.stamp)
+        if self._last_command is not None and self._recording:
+            self._periods.append((stamp - self._last_command) * 1e3)
+        self._last_command = stamp
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -366,10 +373,7 @@ NODE = SessionNode  # for tether_ros.container
 
 
 def main(args: list[str] | None = None) -> int:
-    # The SingleThreadedExecutor: the EventsExecutor fails on callbacks that take MessageInfo
-    # ("SystemError: null argument to internal routine"), and the session reads the wire's
-    # reception times. It is off the control path, so its higher cost per message is fine.
-    return run(SessionNode, args, executor=SingleThreadedExecutor)
+    return run(SessionNode, args)
 
 
 if __name__ == "__main__":

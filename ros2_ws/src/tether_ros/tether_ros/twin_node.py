@@ -47,6 +47,7 @@ from tether_ros.conversions import (
     STATE_QOS,
     TARGET_POSE,
     camera_topic,
+    image_msg,
     joint_state_msg,
     to_stamp,
     trajectory_fields,
@@ -186,9 +187,7 @@ class TwinNode(Node):
     def _publish_image(self, name: str, rgb: np.ndarray, stamp: float) -> None:
         """On the camera worker's thread: one rendered frame and its CameraInfo."""
         image_pub, info_pub = self.image_pubs[name]
-        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
-        msg.header.stamp, msg.header.frame_id = to_stamp(stamp), f"{name}_optical_frame"
-        msg.data = rgb.tobytes()
+        msg = image_msg(rgb, stamp, f"{name}_optical_frame")
         image_pub.publish(msg)
         info_pub.publish(self._camera_info(name, rgb.shape[1], rgb.shape[0], msg.header))
 
