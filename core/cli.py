@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tether.errors import TetherError
-from tether.graph import NodeSpec
+from tether.graph import ON_ABORT, NodeSpec
+from tether.policy_runtime import threads
 from tether.policy_runtime.commands import add_export, add_train
 from tether.policy_runtime.scheduler import MODES
 
@@ -101,6 +102,13 @@ def _run(command: str, nodes: list[NodeSpec], report: Path, budget: float) -> in
     return code
 
 
+def _hang_guard(sim_seconds: float) -> float:
+    """Wall seconds after which the runner calls a graph hung. Not a time limit: episodes run in the twin's
+    time and the session fails a graph that stops answering, so this only catches a session that hangs;
+    it allows a machine four times slower than real time."""
+    return 120.0 + 4.0 * sim_seconds
+
+
 def _rehearse(a: argparse.Namespace) -> int:
     from tether.graph import RehearsalArgs, rehearsal_graph
     from tether.robot_profile import load_profile
@@ -123,7 +131,7 @@ def _rehearse(a: argparse.Namespace) -> int:
         episode_timeout=a.episode_timeout, video_episodes=a.video_episodes, policy=model, replan_hz=a.replan_hz,
         scheduler=a.scheduler or "",
     )
-    code = _run("rehearse", rehearsal_graph(args), a.report, 60.0 + a.episodes * (a.episode_timeout + 10.0))
+    code = _run("rehearse", rehearsal_graph(args), a.report, _hang_guard(a.episodes * (a.episode_timeout + 10.0)))
     if code != 0:
         return code
     summary = json.loads((a.report / "report.json").read_text())
@@ -172,14 +180,20 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--json", type=Path, default=Path("runs/bench/record.json"))
     rec.add_argument("--mcap-images", action="store_true", help="also log raw camera images in the MCAP log")
     rec.set_defaults(func=_bench_record)
-    pol = bench_sub.add_parser("policy", help="ACT and diffusion: PyTorch eager vs ONNX fp32 vs INT8, batch 1")
-    pol.add_argument("--act", type=Path, default=Path("runs/e2e/act"), help="an ACT training run")
-    pol.add_argument("--diffusion", type=Path, default=Path("runs/e2e/diffusion"), help="a diffusion training run")
-    pol.add_argument("--policies", nargs="+", choices=("act", "diffusion"), default=["act", "diffusion"])
+    pol = bench_sub.add_parser("policy", help="ACT and diffusion: PyTorch eager vs ONNX fp32 vs INT8, batch 1, and "
+                                              "the shipped model's runtime; without training runs, at random weights")
+    for name, default in _BENCH_RUNS.items():
+        pol.add_argument(f"--{name}", type=Path, metavar="RUN",
+                         help=f"a training run of {name} (default: {default} when it exists, else the CPU config "
+                              "at random initialisation: latency only, no policy's action error)")
+    pol.add_argument("--policies", nargs="+", choices=tuple(_BENCH_RUNS), default=list(_BENCH_RUNS))
     pol.add_argument("--runs", type=int, default=300, help="timed inferences per engine")
-    pol.add_argument("--threads", type=int, default=2)
-    pol.add_argument("--json", type=Path, default=Path("runs/bench/policy.json"))
-    pol.set_defaults(func=_bench_policy)
+    pol.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime, fixed at start-up like "
+                                                 "`tether --threads N` (default: $TETHER_THREADS, else torch's)")
+    pol.add_argument("--robot", default="so101", help="joints and cameras of the random-weight networks")
+    pol.add_argument("--json", type=Path, default=Path("runs/bench/policy.json"),
+                     help="results; the markdown summary and the libraries' log go beside it (.md, .log)")
+    pol.set_defaults(func=_bench_policy, uses_torch=True)
 
 
 def _bench_sim(a: argparse.Namespace) -> int:
@@ -216,6 +230,9 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--episode-timeout", type=float, default=20.0)
     c.add_argument("--mcap-images", action="store_true",
                    help="also log raw camera images in the MCAP log (~3.3 GB/min at 2x640x480; slows a 2-core machine)")
+    c.add_argument("--on-abort", choices=ON_ABORT, default="truncate",
+                   help="when the session fails mid-episode: commit that episode marked truncated (outcome "
+                        "unknown), or discard it")
     c.set_defaults(func=_collect)
 
 
@@ -239,9 +256,10 @@ def _collect(a: argparse.Namespace) -> int:
         dataset=str(a.out.resolve()), report=str(report.resolve()), camera_width=w, camera_height=h,
         episode_timeout=a.episode_timeout, takeover_after=a.takeover_after, mcap_images=a.mcap_images,
         linger_s=a.linger, device_path=_check_device(a.device, a.device_path, profile),
-        autonomous=a.autonomous, policy=model,
+        autonomous=a.autonomous, policy=model, on_abort=a.on_abort,
     )
-    code = _run("collect", collect_graph(args), report, 60.0 + a.episodes * (a.episode_timeout + a.linger + 20.0))
+    code = _run("collect", collect_graph(args), report,
+                _hang_guard(a.episodes * (a.episode_timeout + a.linger + 20.0)))
     if code != 0:
         return code
     print(info(a.out))
@@ -312,17 +330,28 @@ def _bench_record(a: argparse.Namespace) -> int:
     return 0
 
 
+_BENCH_RUNS = {"act": Path("runs/e2e/act"), "diffusion": Path("runs/e2e/diffusion")}
+
+
 def _bench_policy(a: argparse.Namespace) -> int:
     from tether.policy_runtime import benchmark
+    from tether.robot_profile import load_profile
 
-    chosen = {p: getattr(a, p) for p in a.policies}
-    md = benchmark.write(benchmark.run(chosen, a.act.parent, a.runs, a.threads), a.json)
+    chosen = benchmark.resolve_runs({p: getattr(a, p) for p in a.policies}, _BENCH_RUNS)
+    e2e = (a.act or _BENCH_RUNS["act"]).parent
+    with benchmark.library_log(a.json.with_suffix(".log")) as log:
+        results = benchmark.run(chosen, e2e, load_profile(a.robot), a.runs)
+    md = benchmark.write(results, a.json)
     print(md.read_text())
+    print(f"results: {a.json} and {md}; the libraries' notes: {log}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="ROS 2 control stack for learned robot policies")
+    parser.add_argument("--threads", type=int, dest="process_threads", metavar="N",
+                        help=f"CPU threads for torch and onnxruntime in this process, fixed at start-up "
+                             f"(default: ${threads.ENV}, else torch's default: the physical cores)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_rehearse(sub)
     _add_collect(sub)
@@ -334,9 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _requested_threads(a: argparse.Namespace) -> int | None:
+    """``tether --threads N CMD`` or ``tether CMD --threads N`` (train, export, bench policy): one count."""
+    given = {n for n in (a.process_threads, getattr(a, "threads", None)) if n is not None}
+    if len(given) > 1:
+        raise TetherError(f"--threads is given twice, as {' and '.join(map(str, sorted(given)))}; give one count")
+    return threads.requested(given.pop() if given else None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # Before any torch work: torch's thread count cannot change safely once it has run.
+        threads.fix(_requested_threads(args), torch=getattr(args, "uses_torch", False))
         return int(args.func(args))
     except TetherError as exc:
         print(f"tether: error: {exc}", file=sys.stderr)
