@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tether.errors import TetherError
-from tether.graph import ON_ABORT, NodeSpec
+from tether.graph import CLOCKS, ON_ABORT, NodeSpec
 from tether.policy_runtime import threads
 from tether.policy_runtime.commands import add_export, add_train
 from tether.policy_runtime.scheduler import MODES
@@ -59,6 +59,9 @@ def _add_rehearse(sub: argparse._SubParsersAction) -> None:
                    help="override the profile's camera size (e.g. 128 128)")
     r.add_argument("--episode-timeout", type=float, default=20.0)
     r.add_argument("--video-episodes", type=int, default=1)
+    r.add_argument("--clock", choices=CLOCKS, default="wall",
+                   help="wall (default): the twin keeps real time, as a robot would, and the report measures "
+                        "latency; sim: the twin drives /clock and a busy machine slows the simulated world instead")
     r.set_defaults(func=_rehearse)
 
 
@@ -129,7 +132,7 @@ def _rehearse(a: argparse.Namespace) -> int:
         robot=a.robot, task=a.task, source=a.source, episodes=a.episodes, seed=a.seed,
         report=str(a.report.resolve()), camera_width=w, camera_height=h,
         episode_timeout=a.episode_timeout, video_episodes=a.video_episodes, policy=model, replan_hz=a.replan_hz,
-        scheduler=a.scheduler or "",
+        scheduler=a.scheduler or "", clock=a.clock,
     )
     code = _run("rehearse", rehearsal_graph(args), a.report, _hang_guard(a.episodes * (a.episode_timeout + 10.0)))
     if code != 0:
@@ -230,6 +233,10 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--episode-timeout", type=float, default=20.0)
     c.add_argument("--mcap-images", action="store_true",
                    help="also log raw camera images in the MCAP log (~3.3 GB/min at 2x640x480; slows a 2-core machine)")
+    c.add_argument("--clock", choices=CLOCKS, default=None,
+                   help="sim: the twin drives /clock and the whole graph runs on it, so a busy or slow machine "
+                        "slows the simulated world and no frame is lost; wall: real time, which a person at a "
+                        "device needs (default: sim for --device expert and replay, wall for the others)")
     c.add_argument("--on-abort", choices=ON_ABORT, default="truncate",
                    help="when the session fails mid-episode: commit that episode marked truncated (outcome "
                         "unknown), or discard it")
@@ -256,7 +263,7 @@ def _collect(a: argparse.Namespace) -> int:
         dataset=str(a.out.resolve()), report=str(report.resolve()), camera_width=w, camera_height=h,
         episode_timeout=a.episode_timeout, takeover_after=a.takeover_after, mcap_images=a.mcap_images,
         linger_s=a.linger, device_path=_check_device(a.device, a.device_path, profile),
-        autonomous=a.autonomous, policy=model, on_abort=a.on_abort,
+        autonomous=a.autonomous, policy=model, on_abort=a.on_abort, clock=a.clock or _collect_clock(a.device),
     )
     code = _run("collect", collect_graph(args), report,
                 _hang_guard(a.episodes * (a.episode_timeout + a.linger + 20.0)))
@@ -264,6 +271,11 @@ def _collect(a: argparse.Namespace) -> int:
         return code
     print(info(a.out))
     return 0
+
+
+def _collect_clock(device: str) -> str:
+    """Unattended collection runs on sim time (nothing lost on a slow machine); a person needs real time."""
+    return "sim" if device in ("expert", "replay") else "wall"
 
 
 def _check_device(device: str, path: str, profile: object) -> str:

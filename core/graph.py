@@ -81,16 +81,24 @@ class RehearsalArgs:
     policy: str = ""  # source "policy": its model folder ("": the model shipped with the repo)
     replan_hz: float = 0.0  # source "policy": inferences a second (0: the policy node's default)
     scheduler: str = ""  # source "policy": "ensemble" or "switch" ("": the policy node's default for the model)
+    clock: str = "wall"  # see CLOCKS
 
 
 SOURCES = ("expert", "policy")
+# wall: the twin keeps pace with the wall clock, as a robot does; a machine that cannot render its
+# cameras in time skips frames or lets sim time slip (counted). sim: the twin drives /clock and
+# every node runs on it (use_sim_time); a busy machine slows the simulated world instead, so
+# nothing is skipped: what unattended data collection wants.
+CLOCKS = ("wall", "sim")
 
 
 def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
     """Twin, action source, gate and session: the full loop against the twin."""
     if a.source not in SOURCES:
         raise TetherError(f"unknown source '{a.source}'; sources: {', '.join(SOURCES)}")
-    return [
+    if a.clock not in CLOCKS:
+        raise TetherError(f"unknown clock '{a.clock}'; clocks: {', '.join(CLOCKS)}")
+    return _on_clock(a.clock, [
         NodeSpec(
             "twin_node",
             "twin",
@@ -124,7 +132,16 @@ def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
             },
             terminal=True,
         ),
-    ]
+    ])
+
+
+def _on_clock(clock: str, nodes: list[NodeSpec]) -> list[NodeSpec]:
+    """With the sim clock, the twin publishes /clock and every node (the twin too) sets use_sim_time."""
+    if clock == "wall":
+        return nodes
+    return [dataclasses.replace(n, parameters={**n.parameters, "use_sim_time": True,
+                                               **({"publish_clock": True} if n.name == "twin" else {})})
+            for n in nodes]
 
 
 def _source_parameters(a: RehearsalArgs) -> dict[str, ParamValue]:
@@ -167,6 +184,7 @@ class CollectArgs:
     # A session that fails (a node dies, the graph is stopped) mid-episode: the recorder commits that
     # episode as truncated (outcome unknown), or discards it.
     on_abort: str = "truncate"
+    clock: str = "wall"  # see CLOCKS
 
 
 # What the recorder does with the episode it is recording when the session fails (see CollectArgs).
@@ -189,7 +207,7 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
         RehearsalArgs(
             robot=a.robot, task=a.task, source=a.autonomous, episodes=a.episodes, seed=a.seed, report=a.report,
             camera_width=a.camera_width, camera_height=a.camera_height, episode_timeout=a.episode_timeout,
-            gate_rate_hz=a.gate_rate_hz, video_episodes=0, policy=a.policy,
+            gate_rate_hz=a.gate_rate_hz, video_episodes=0, policy=a.policy, clock=a.clock,
         )
     )
     # Images never cross a process: the recorder shares the twin's process (on a robot, the cameras').
@@ -208,7 +226,8 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
     session = base[-1]
     params = {**session.parameters, "record": True, "human_source": "teleop" if human else "",
               "stop_on_success": a.stop_on_success, "linger_s": a.linger_s}
-    return [twin, *base[1:-1], *human, recorder, NodeSpec(session.executable, session.name, params, terminal=True)]
+    return [twin, *base[1:-1], *_on_clock(a.clock, [*human, recorder]),
+            NodeSpec(session.executable, session.name, params, terminal=True)]
 
 
 GRAPHS = {"rehearse": rehearsal_graph, "collect": collect_graph}

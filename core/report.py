@@ -127,6 +127,7 @@ class RehearsalReport:
             "",
             "| metric | value |",
             "|---|---|",
+            f"| clock | {self.meta.get('clock', 'wall')} time{' (the twin drives /clock; durations and latencies are sim seconds)' if self.meta.get('clock') == 'sim' else ''} |",
             f"| success | {d['successes']}/{d['episodes']} = {d['success_rate']:.2f} (95% CI {d['ci95'][0]:.2f}–{d['ci95'][1]:.2f}) |",
             f"| mean episode duration | {d['mean_duration_s']:.2f} s |",
             f"| obs → gated command latency | p50 {_fmt(lat.get('p50'), '.2f')} ms, p99 {_fmt(lat.get('p99'), '.2f')} ms |",

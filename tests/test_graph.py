@@ -56,3 +56,22 @@ def test_policy_source_takes_the_model_replan_rate_and_scheduler() -> None:
     assert rehearsal_graph(dataclasses.replace(args, replan_hz=0.0, scheduler=""))[1].parameters == {
         "robot": "so101", "model_dir": "models/m"}
     assert rehearsal_graph(dataclasses.replace(args, source="expert"))[1].parameters == {"robot": "so101"}
+
+
+def test_the_sim_clock_puts_every_node_on_the_twins_clock() -> None:
+    from tether.graph import CollectArgs, RehearsalArgs, collect_graph, processes, rehearsal_graph
+
+    for graph in (rehearsal_graph(RehearsalArgs(clock="sim")), collect_graph(CollectArgs(clock="sim", device="replay"))):
+        params = {p.name: p.parameters for p in processes(graph)}
+        assert all(p["use_sim_time"] is True for p in params.values())
+        twin = params.get("twin") or params["sim_station"]
+        assert twin["publish_clock"] is True and "publish_clock" not in params["gate"]
+    wall = {n.name: n.parameters for n in rehearsal_graph(RehearsalArgs())}
+    assert not any("use_sim_time" in p or "publish_clock" in p for p in wall.values())
+
+
+def test_an_unknown_clock_lists_the_valid_ones() -> None:
+    from tether.graph import RehearsalArgs, rehearsal_graph
+
+    with pytest.raises(TetherError, match="unknown clock 'gps'; clocks: wall, sim"):
+        rehearsal_graph(RehearsalArgs(clock="gps"))

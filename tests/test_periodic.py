@@ -46,3 +46,16 @@ def test_on_start_runs_on_the_loop_thread() -> None:
     assert seen and seen[0] != threading.get_native_id()
     with pytest.raises(ValueError, match="positive"):
         PeriodicLoop(0.0, lambda: None, name="bad")
+
+
+def test_a_sim_clock_runs_every_tick_at_its_exact_deadline_however_it_jumps() -> None:
+    from tether.periodic import SimTimeLoop
+
+    stamps: list[float] = []
+    loop = SimTimeLoop(0.005, stamps.append)
+    for now in (10.000, 10.004, 10.008, 10.012, 10.030):  # /clock in the twin's 4 ms steps, then a 18 ms jump
+        loop.advance(now)
+    assert [round((t - 10.0) * 1e3, 6) for t in stamps] == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+    loop.stop()
+    loop.advance(11.0)
+    assert len(stamps) == 7 and not loop.running

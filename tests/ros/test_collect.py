@@ -262,6 +262,7 @@ def test_linger_keeps_recording_after_success(tmp_path: Path) -> None:
     assert code == 0 and validate(out) == []
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["successes"] == 1
+    assert report["meta"]["clock"] == "sim"  # unattended collection runs on the twin's clock: nothing skipped
     to_success = report["episode_detail"][0]["duration_s"]  # wall time to success, linger excluded
     frames = pq.read_table(next(out.glob("data/chunk-*/file-*.parquet"))).num_rows
     assert frames / 30.0 >= to_success + 1.2  # 30 fps; 1.5 s of linger less the first frame's wait

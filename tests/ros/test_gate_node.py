@@ -212,3 +212,26 @@ def test_the_gates_last_act_is_a_stop_within_the_limits(rig, so101) -> None:
     stop = v[moving[-1]:]
     assert np.all(np.abs(np.diff(stop)) / gate.gate.period <= so101.max_acceleration[0] * (1 + 1e-6))  # ... braking
     assert gate.gate.diagnostics()["hold_shutdown"] == 1
+
+
+def test_on_sim_time_the_stream_follows_clock_at_exact_deadlines(graph, so101) -> None:
+    """use_sim_time: /clock (here in the twin's 4 ms steps) drives the ticks, each stamped at its own deadline."""
+    from rosgraph_msgs.msg import Clock
+
+    from tether_ros.conversions import to_stamp
+
+    gate = graph.add(GateNode(parameter_overrides=[Parameter("use_sim_time", value=True)]))
+    probe = graph.add(Probe(so101))
+    clock = probe.create_publisher(Clock, "/clock", 10)
+    sim = 100.0
+    for _ in range(400):  # 1.6 s of sim time, whatever the wall clock does meanwhile
+        sim += 0.004
+        clock.publish(Clock(clock=to_stamp(sim)))
+        probe.state_pub.publish(joint_state_msg(so101.joint_names, so101.home, np.zeros(6), sim))
+        probe.chunk_pub.publish(trajectory_msg(so101.joint_names, sim, [0.05], np.atleast_2d(so101.home + 0.05)))
+        graph.spin_for(0.003)
+    graph.spin_for(0.2)
+    stamps = np.array([c.header.stamp.sec + c.header.stamp.nanosec * 1e-9 for c in probe.commands])
+    assert len(stamps) > 200
+    np.testing.assert_allclose(np.diff(stamps), 0.005, atol=1e-6)  # every tick, evenly spaced in sim time
+    assert gate.gate.diagnostics()["chunks"] > 0 and stamps[-1] <= sim + 1e-6

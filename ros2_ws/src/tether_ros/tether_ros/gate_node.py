@@ -24,6 +24,7 @@ import time
 from functools import partial
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rosgraph_msgs.msg import Clock
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import JointState
@@ -33,7 +34,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from tether.errors import TetherError
 from tether.gate import Gate, GateConfig, Mode
-from tether.periodic import PeriodicLoop
+from tether.periodic import PeriodicLoop, SimTimeLoop
 from tether.robot_profile import load_profile
 from tether.safety import ChunkRejected
 from tether_ros.conversions import (
@@ -68,7 +69,11 @@ class GateNode(Node):
         )
         self.gate = Gate(self.profile, config)
         self._lock = threading.Lock()  # the gate core, shared by the stream thread and the executor
-        realtime = RealtimeThread(self, int(self.declare_parameter("realtime_priority", 40).value))
+        priority = int(self.declare_parameter("realtime_priority", 40).value)
+        realtime = RealtimeThread(self, priority)
+        # The executor's thread too, one below the stream: chunks, joint states and the e-stop are on
+        # the control path, and a busy machine delayed them by tens of ms at normal priority.
+        self._realtime_executor = RealtimeThread(self, max(0, priority - 5))
         self.command_pub = self.create_publisher(JointTrajectory, self.profile.command_topic, COMMAND_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
@@ -91,12 +96,13 @@ class GateNode(Node):
         self.exit_code = 0
         self.create_timer(1.0, self._measure_rate)
         self.create_timer(0.1, self._watch_commanders)
-        self.stream = PeriodicLoop(self.gate.period, self._tick, name="gate-stream", on_start=realtime).start()
+        self.stream = self._command_stream(realtime)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_state(self, msg: JointState) -> None:
+        self._realtime_executor()
         try:
             with self._lock:
                 self.gate.on_joint_state(list(msg.name), list(msg.position), to_sec(msg.header.stamp))
@@ -138,9 +144,19 @@ class GateNode(Node):
         self.get_logger().warning(f"refused {what}: {message}", throttle_duration_sec=1.0)
         self._publish_status(DiagnosticStatus.WARN, f"refused {what}: {message}", {})
 
-    def _tick(self) -> None:
-        """On the stream thread: one command through the safety filter, published outside the lock."""
-        now = self._now()
+    def _command_stream(self, realtime: RealtimeThread) -> PeriodicLoop | SimTimeLoop:
+        """Wall time: a thread of its own at real-time priority. Sim time (use_sim_time): /clock drives the
+        ticks, each at its exact deadline, so the stream stays at rate_hz of sim time however fast the twin runs."""
+        if not self.get_parameter("use_sim_time").value:
+            return PeriodicLoop(self.gate.period, lambda: self._tick(self._now()), name="gate-stream",
+                                on_start=realtime).start()
+        loop = SimTimeLoop(self.gate.period, self._tick)
+        self.create_subscription(Clock, "/clock", lambda m: loop.advance(to_sec(m.clock)), 10)
+        return loop
+
+    def _tick(self, now: float) -> None:
+        """One command through the safety filter, published outside the lock (on the stream thread, or the
+        executor's with the sim clock)."""
         with self._lock:
             cmd = self.gate.tick(now)
         self._ticks_since_diag += 1

@@ -23,6 +23,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.client import Client
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -33,7 +34,6 @@ from tether.report import EpisodeResult, MachineTiming, RehearsalReport
 from tether.robot_profile import load_profile
 from tether.video import VideoWriter
 from tether_ros.conversions import (
-    COMMAND_QOS,
     DIAGNOSTICS,
     INTERVENTION,
     LATCHED_QOS,
@@ -111,7 +111,10 @@ class SessionNode(Node):
         self._successes = 0
         self._periods: list[float] = []
         self._last_command: float | None = None
-        self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
+        # A deep queue (1 s of commands): a busy machine may starve this process for a while, and a
+        # command dropped here would read as a missed deadline of the gate.
+        self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command,
+                                 QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
         self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diag, 50)
         self.create_subscription(Bool, INTERVENTION, self._on_intervention, LATCHED_QOS)
         # The operator's episode buttons: success/failure end the episode, discard drops it,
@@ -342,7 +345,8 @@ class SessionNode(Node):
             machine=self._machine_timing(),
             meta={"robot": self.profile.name, "task": self.task, "source": self.source, "seed": self.seed,
                   "recorder_commits": self._commits, "discarded_episodes": self._discarded,
-                  "rerecorded_episodes": self._rerecorded},
+                  "rerecorded_episodes": self._rerecorded,
+                  "clock": "sim" if self.get_parameter("use_sim_time").value else "wall"},
         )
         data = report.write(self.report_dir)
         self.get_logger().info(

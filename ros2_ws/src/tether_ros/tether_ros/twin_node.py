@@ -28,6 +28,8 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
+from rclpy.clock import Clock as RosClock
+from rclpy.clock import ClockType
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -97,6 +99,7 @@ class TwinNode(Node):
         self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
         self.create_service(Trigger, "~/reset", self._reset)
         self.create_service(Trigger, "~/success", self._success)
+        self._wall_clock = RosClock(clock_type=ClockType.SYSTEM_TIME)
         self._t0 = self._wall()  # clock time at which sim time 0 happened
         self.follower = TrajectoryFollower(self.twin.joint_positions(), self._t0)
         self._next_camera = 0.0
@@ -105,14 +108,17 @@ class TwinNode(Node):
                                     deliver=self._publish_image, wanted=self._camera_wanted).start()
         self._busy = 0.0  # seconds spent stepping physics, for the compute real-time factor
         self._slipped = 0.0  # sim seconds given up because the machine could not keep real time
-        self._stats = (self._wall(), self._sim_stamp())  # for the wall-clock real-time factor
+        self._stepped = 0.0  # sim seconds of physics stepped since start (resets and slips excluded)
+        self._stats = (self._wall(), self._stepped)  # for the real-time factors
         self.finished = False  # set when the cameras fail: the process then exits 1
         self.exit_code = 0
-        self.create_timer(self.state_period, self._tick)
-        self.create_timer(1.0, self._publish_diagnostics)
+        # The twin paces itself by the wall clock, whatever use_sim_time says: with publish_clock it
+        # is what drives /clock, so timers on sim time would wait for it forever.
+        self.create_timer(self.state_period, self._tick, clock=self._wall_clock)
+        self.create_timer(1.0, self._publish_diagnostics, clock=self._wall_clock)
 
     def _wall(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        return self._wall_clock.now().nanoseconds * 1e-9
 
     def _sim_stamp(self) -> float:
         return self._t0 + self.twin.time
@@ -133,6 +139,7 @@ class TwinNode(Node):
         while self._frame_taken() and self._sim_stamp() + dt / 2 < target_time:
             self.twin.set_targets(self.follower.sample(self._sim_stamp() + dt))
             self.twin.step(dt * 1e3)
+            self._stepped += dt
             self._frame_due = self.publish_cameras and self.twin.time >= self._next_camera - dt / 2
         self._busy += time.perf_counter() - start
         stamp = self._sim_stamp()
@@ -229,11 +236,11 @@ class TwinNode(Node):
         if self.cameras.error is not None and not self.finished:
             self.get_logger().error(f"camera rendering failed: {self.cameras.error}")
             self.exit_code, self.finished = 1, True
-        wall, sim = self._wall(), self._sim_stamp()
-        values = {**self._rates(wall, sim), "sim_time": f"{self.twin.time:.3f}", "slipped_s": f"{self._slipped:.3f}",
+        wall, stepped = self._wall(), self._stepped
+        values = {**self._rates(wall, stepped), "sim_time": f"{self.twin.time:.3f}", "slipped_s": f"{self._slipped:.3f}",
                   "frames_rendered": str(self.cameras.rendered), "frames_skipped": str(self.cameras.skipped),
                   **{f"render_{k}_ms": f"{v:.2f}" for k, v in self.cameras.render_ms().items()}}
-        self._stats, self._busy = (wall, sim), 0.0
+        self._stats, self._busy = (wall, stepped), 0.0
         behind = self._slipped > 0 or self.cameras.skipped > 0
         status = DiagnosticStatus(level=DiagnosticStatus.WARN if behind else DiagnosticStatus.OK, name="tether/twin",
                                   message="behind real time" if behind else "running")
@@ -242,12 +249,12 @@ class TwinNode(Node):
         arr.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(arr)
 
-    def _rates(self, wall: float, sim: float) -> dict[str, str]:
-        """compute_rtf: sim time per second of physics work; realtime_factor: sim time per wall second."""
-        wall0, sim0 = self._stats
-        rates = {"realtime_factor": f"{(sim - sim0) / (wall - wall0):.3f}"} if wall > wall0 and sim >= sim0 else {}
+    def _rates(self, wall: float, stepped: float) -> dict[str, str]:
+        """compute_rtf: sim time per second of physics work; realtime_factor: sim time stepped per wall second."""
+        wall0, stepped0 = self._stats
+        rates = {"realtime_factor": f"{(stepped - stepped0) / (wall - wall0):.3f}"} if wall > wall0 else {}
         if self._busy > 0:
-            rates["compute_rtf"] = f"{(sim - sim0) / self._busy:.2f}"
+            rates["compute_rtf"] = f"{(stepped - stepped0) / self._busy:.2f}"
         return rates
 
     def close(self) -> None:
