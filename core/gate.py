@@ -23,6 +23,7 @@ import numpy as np
 from tether.errors import ConfigError, UnknownJointError
 from tether.robot_profile import RobotProfile
 from tether.safety import ChunkRejected, RateLimiter, SafetyFilter, SafetyLimits, validate_chunk
+from tether.stats import Histogram
 from tether.trajectory import TrajectoryFollower
 
 
@@ -64,7 +65,7 @@ class Gate:
         self.period = 1.0 / self.config.rate_hz
         self.filter = SafetyFilter(SafetyLimits.from_profile(profile, self.config.max_step))
         self.mode = Mode.AUTONOMOUS
-        self.latencies: collections.deque[float] = collections.deque(maxlen=200_000)
+        self.latency_ms = Histogram(width=0.05, limit=2000.0)  # observation -> command, the whole run
         self.counters: collections.Counter[str] = collections.Counter()
         self._follower: TrajectoryFollower | None = None
         self._measured: np.ndarray | None = None
@@ -167,7 +168,12 @@ class Gate:
         return self._estop
 
     def reset(self) -> None:
-        """Forget the active trajectory and re-anchor on the measured state (after a robot reset)."""
+        """Forget the active trajectory and re-anchor on the measured state (after a robot reset).
+
+        In the twin a reset teleports the robot, so the command stream jumps with it; on a real robot
+        nothing teleports and the jump is nil. Counted, so that judges of the stream can leave it out.
+        """
+        self.counters["resets"] += 1
         self._follower = None
         self._pending_obs = None
         self._last_chunk_rx = -np.inf
@@ -222,7 +228,7 @@ class Gate:
         self.counters["commands"] += 1
         if self._pending_obs is not None:
             if now >= self._pending_obs:
-                self.latencies.append(now - self._pending_obs)
+                self.latency_ms.add((now - self._pending_obs) * 1e3)
             self._pending_obs = None
         return GateCommand(out, hold=False, reason="tracking")
 
@@ -265,7 +271,6 @@ class Gate:
         return None if self._measured is None else self._measured.copy()
 
     def diagnostics(self) -> dict[str, float | int | str | bool]:
-        lat = np.asarray(self.latencies) * 1e3
         out: dict[str, float | int | str | bool] = dict(self.counters)
         out.update(
             active_source=self.active_source,
@@ -276,6 +281,6 @@ class Gate:
             limited=self.filter.limited_count,
             step_exceeded=self.filter.step_exceeded,
         )
-        if lat.size:
-            out.update(latency_p50_ms=float(np.percentile(lat, 50)), latency_p99_ms=float(np.percentile(lat, 99)))
+        if self.latency_ms.count:
+            out.update(latency_p50_ms=self.latency_ms.percentile(50), latency_p99_ms=self.latency_ms.percentile(99))
         return out

@@ -230,4 +230,28 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
             NodeSpec(session.executable, session.name, params, terminal=True)]
 
 
-GRAPHS = {"rehearse": rehearsal_graph, "collect": collect_graph}
+@dataclass(frozen=True)
+class GateSoakArgs:
+    """``tether bench gate``: a rehearsal whose action source is under attack (see tether.gate_soak)."""
+
+    robot: str = "so101"
+    seconds: float = 300.0
+    flood_hz: float = 1500.0  # valid chunks a second on the active source's topic
+    malformed_hz: float = 20.0  # malformed chunks a second, every kind in turn
+    seed: int = 0
+    report: str = "runs/bench/gate"
+
+
+def gate_soak_graph(a: GateSoakArgs) -> list[NodeSpec]:
+    """One episode of ``seconds`` that does not stop at success, with the adversary beside the expert."""
+    base = rehearsal_graph(RehearsalArgs(robot=a.robot, episodes=1, seed=a.seed, report=a.report,
+                                         episode_timeout=a.seconds, video_episodes=0))
+    session = base[-1]
+    adversary = NodeSpec("adversary_node", "adversary", {
+        "robot": a.robot, "out": a.report, "flood_hz": a.flood_hz, "malformed_hz": a.malformed_hz,
+        "seed": a.seed, "source": "expert"})
+    return [*base[:-1], adversary, dataclasses.replace(session, parameters={**session.parameters,
+                                                                             "stop_on_success": False})]
+
+
+GRAPHS = {"rehearse": rehearsal_graph, "collect": collect_graph, "gate_soak": gate_soak_graph}

@@ -207,3 +207,12 @@ def _failures(counts: dict[str, int]) -> str:
 
 def _fmt(value: float | None, spec: str, unit: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + unit
+
+
+def write_benchmark(results: dict[str, Any], json_path: Path, markdown: str) -> Path:
+    """A benchmark's results as JSON at ``json_path`` and its summary beside it (.md); returns the summary."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md = json_path.with_suffix(".md")
+    md.write_text(markdown)
+    return md

@@ -36,6 +36,7 @@ from tether.policy_runtime.models import PolicyModel
 from tether.policy_runtime.runtime import DEFAULT_MODEL_DIR, PolicyRuntime
 from tether.policy_runtime.threads import count as thread_count
 from tether.policy_runtime.train import TrainConfig, load_run, load_weights
+from tether.report import write_benchmark
 
 if TYPE_CHECKING:
     from tether.robot_profile import RobotProfile
@@ -262,8 +263,4 @@ def _rehearsal_lines(rehearsal: dict[str, Any]) -> list[str]:
 
 
 def write(results: dict[str, Any], json_path: Path) -> Path:
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md = json_path.with_suffix(".md")
-    md.write_text(markdown(results))
-    return md
+    return write_benchmark(results, json_path, markdown(results))
