@@ -22,7 +22,14 @@ import numpy as np
 
 from tether.errors import ConfigError, UnknownJointError
 from tether.robot_profile import RobotProfile
-from tether.safety import ChunkRejected, RateLimiter, SafetyFilter, SafetyLimits, validate_chunk
+from tether.safety import (
+    ChunkRejected,
+    RateLimiter,
+    SafetyFilter,
+    SafetyLimits,
+    max_chunk_bytes,
+    validate_chunk,
+)
 from tether.stats import Histogram
 from tether.trajectory import TrajectoryFollower
 
@@ -131,6 +138,15 @@ class Gate:
         self._pending_obs = start
         self.counters["chunks"] += 1
         return True
+
+    def check_bytes(self, source: str, nbytes: int) -> None:
+        """Refuse (and count) a chunk too large to hold ``chunks.max_points``, before anyone decodes it."""
+        limit = max_chunk_bytes(self.profile.chunks, len(self.profile.joints))
+        if nbytes > limit:
+            self.counters["rejected_too_many_points"] += 1
+            raise ChunkRejected("too_many_points", f"source '{source}': a {nbytes}-byte trajectory holds more than "
+                                                   f"the {self.profile.chunks.max_points} points the profile allows "
+                                                   f"(chunks.max_points; at most {limit} bytes)")
 
     def flooded(self, source: str, now: float) -> bool:
         """True when a chunk from ``source`` would be refused for its rate: a node can then drop it

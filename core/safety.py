@@ -90,6 +90,16 @@ def validate_chunk(
     return Chunk(tuple(profile.joint_names), float(start), t, clamped), n_clamped
 
 
+def max_chunk_bytes(limits: ChunkLimits, joints: int) -> int:
+    """The most CDR bytes a chunk within ``max_points`` can take: a node refuses more before decoding it.
+
+    A point holds at most four arrays of ``joints`` doubles (positions, velocities, accelerations,
+    efforts), each with a length prefix padded to 8 bytes, and a duration; names and header get a
+    generous allowance. Decoding a 10,000-point chunk held the Python interpreter for tens of ms.
+    """
+    return limits.max_points * (4 * (8 + 8 * joints) + 16) + joints * 256 + 1024
+
+
 def _check_size(limits: ChunkLimits, times: Sequence[float]) -> None:
     """Checked first: a huge chunk is refused before any work proportional to its size."""
     if len(times) == 0:

@@ -179,3 +179,22 @@ def test_a_chunk_flood_is_cut_to_the_profiles_rate(gate, so101) -> None:
     assert 200 <= accepted <= 220  # 200 chunks/s plus the burst allowance
     assert gate.counters["rejected_rate_limited"] == refused == 2000 - accepted
     assert not gate.flooded("teleop", 1.0)  # each source has its own budget
+
+
+def test_a_chunk_too_large_to_hold_max_points_is_refused_by_its_size_before_decoding(gate, so101) -> None:
+    from rclpy.serialization import serialize_message
+
+    from tether.attack import ChunkAttack
+    from tether.safety import max_chunk_bytes
+
+    names, start, times, q = ChunkAttack(so101).chunk("too_many_points", 0.0)
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    msg = JointTrajectory(joint_names=names, points=[JointTrajectoryPoint(positions=p) for p in q[:so101.chunks.max_points]])
+    for p in msg.points:  # the largest legal chunk: every field of every point filled
+        p.velocities = p.accelerations = p.effort = list(p.positions)
+    assert len(serialize_message(msg)) <= max_chunk_bytes(so101.chunks, 6)
+    gate.check_bytes("expert", len(serialize_message(msg)))  # passes
+    with pytest.raises(ChunkRejected) as info:
+        gate.check_bytes("expert", max_chunk_bytes(so101.chunks, 6) + 1)
+    assert info.value.reason == "too_many_points" and gate.counters["rejected_too_many_points"] == 1

@@ -110,10 +110,15 @@ class GateNode(Node):
             self._refused("joint_states", str(exc))
 
     def _on_chunk(self, source: str, cdr: bytes) -> None:
-        with self._lock:
-            if self.gate.flooded(source, self._now()):
-                return  # counted as rejected_rate_limited; the diagnostics show it once a second
-        # Outside the lock: decoding and converting a long chunk takes a while.
+        try:
+            with self._lock:
+                if self.gate.flooded(source, self._now()):
+                    return  # counted as rejected_rate_limited; the diagnostics show it once a second
+                self.gate.check_bytes(source, len(cdr))
+        except ChunkRejected as exc:
+            self._refused(f"{source}:{exc.reason}", str(exc))
+            return
+        # Outside the lock: decoding and converting a chunk takes a while.
         fields = trajectory_fields(deserialize_message(cdr, JointTrajectory))
         try:
             with self._lock:
