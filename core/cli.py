@@ -13,8 +13,10 @@ from tether.graph import CLOCKS, ON_ABORT, NodeSpec
 from tether.policy_runtime import threads
 from tether.policy_runtime.commands import add_export, add_train
 from tether.policy_runtime.scheduler import MODES
+from tether.preflight import Preflight, UsageError
 
 if TYPE_CHECKING:
+    from tether.graph import CollectArgs, RehearsalArgs
     from tether.robot_profile import RobotProfile
 
 
@@ -70,6 +72,7 @@ def _sim_expert(a: argparse.Namespace) -> int:
     from tether.robot_profile import load_profile
     from tether.sim.evaluate import run_expert_episodes
 
+    Preflight("sim expert").at_least("--episodes", a.episodes, 1)
     results = run_expert_episodes(load_profile(a.robot), a.task, a.episodes, a.seed, progress=True)
     summary = outcome_summary(results)
     if a.json:
@@ -85,6 +88,9 @@ def _sim_view(a: argparse.Namespace) -> int:
     from tether.robot_profile import load_profile
     from tether.sim.evaluate import record_expert_video
 
+    check = Preflight("sim view")
+    check.at_least("--episodes", a.episodes, 1)
+    check.image_size("--size", a.size)
     size = tuple(a.size) if a.size else None
     frames = record_expert_video(load_profile(a.robot), a.task, a.episodes, a.seed, a.out, camera=a.camera, size=size)
     print(f"wrote {a.out} ({frames} frames)")
@@ -113,27 +119,9 @@ def _hang_guard(sim_seconds: float) -> float:
 
 
 def _rehearse(a: argparse.Namespace) -> int:
-    from tether.graph import RehearsalArgs, rehearsal_graph
-    from tether.robot_profile import load_profile
-    from tether.sim.tasks import get_task
+    from tether.graph import rehearsal_graph
 
-    profile = load_profile(a.robot)  # fail fast, before any process starts
-    get_task(a.task)
-    w, h = a.camera_size or (0, 0)
-    model = ""
-    if a.source == "policy":
-        model, (w, h) = _policy_model(a.policy, profile, a.camera_size)
-    elif a.policy is not None or a.replan_hz or a.scheduler:
-        raise TetherError(f"--policy, --replan-hz and --scheduler are for --source policy "
-                          f"(the source is '{a.source}')")
-    if a.replan_hz < 0:
-        raise TetherError(f"--replan-hz must be positive, got {a.replan_hz}")
-    args = RehearsalArgs(
-        robot=a.robot, task=a.task, source=a.source, episodes=a.episodes, seed=a.seed,
-        report=str(a.report.resolve()), camera_width=w, camera_height=h,
-        episode_timeout=a.episode_timeout, video_episodes=a.video_episodes, policy=model, replan_hz=a.replan_hz,
-        scheduler=a.scheduler or "", clock=a.clock,
-    )
+    args = _rehearsal_args(a)
     code = _run("rehearse", rehearsal_graph(args), a.report, _hang_guard(a.episodes * (a.episode_timeout + 10.0)))
     if code != 0:
         return code
@@ -149,22 +137,69 @@ def _rehearse(a: argparse.Namespace) -> int:
     return 0
 
 
-def _policy_model(model_dir: Path | None, profile: RobotProfile,
-                  camera_size: list[int] | None) -> tuple[str, tuple[int, int]]:
-    """(model folder, twin camera size): the model must fit the robot, and the twin renders at its image size."""
-    from tether.policy_runtime.manifest import check_matches_profile, load_manifest
-    from tether.policy_runtime.runtime import resolve_model_dir
+def _rehearsal_args(a: argparse.Namespace) -> RehearsalArgs:
+    """The graph's arguments, every one checked before any process starts or any file is written."""
+    from tether.graph import SOURCES, RehearsalArgs
 
-    folder = resolve_model_dir(model_dir or "")
-    manifest = load_manifest(folder)
-    check_matches_profile(manifest, profile.joint_names, {c.name: (c.width, c.height) for c in profile.cameras})
+    check = Preflight("rehearse")
+    if a.source not in SOURCES:
+        check.refuse(f"--source {a.source} is not a source; sources: {', '.join(SOURCES)}")
+    _check_run_lengths(check, a)
+    check.not_negative("--video-episodes", a.video_episodes)
+    check.not_negative("--replan-hz", a.replan_hz, " inferences a second (0: the policy node's default)")
+    profile = _profile_and_task(check, a)
+    check.writable_folder("--report", a.report)
+    w, h = a.camera_size or (0, 0)
+    model = ""
+    if a.source == "policy":
+        model, (w, h) = _policy_model(check, a.policy, profile, a.camera_size)
+    elif a.policy is not None or a.replan_hz or a.scheduler:
+        check.refuse(f"--policy, --replan-hz and --scheduler are for --source policy (the source is '{a.source}')")
+    return RehearsalArgs(
+        robot=a.robot, task=a.task, source=a.source, episodes=a.episodes, seed=a.seed,
+        report=str(a.report.resolve()), camera_width=w, camera_height=h,
+        episode_timeout=a.episode_timeout, video_episodes=a.video_episodes, policy=model, replan_hz=a.replan_hz,
+        scheduler=a.scheduler or "", clock=a.clock,
+    )
+
+
+def _check_run_lengths(check: Preflight, a: argparse.Namespace) -> None:
+    check.at_least("--episodes", a.episodes, 1)
+    check.positive("--episode-timeout", a.episode_timeout, " seconds")
+    check.image_size("--camera-size", a.camera_size)
+
+
+def _profile_and_task(check: Preflight, a: argparse.Namespace) -> RobotProfile:
+    from tether.robot_profile import load_profile
+    from tether.sim.tasks import get_task
+
+    with check.about("--robot"):
+        profile = load_profile(a.robot)
+    with check.about("--task"):
+        get_task(a.task)
+    return profile
+
+
+def _policy_model(check: Preflight, model_dir: Path | None, profile: RobotProfile,
+                  camera_size: list[int] | None) -> tuple[str, tuple[int, int]]:
+    """(model folder, twin camera size): the model must fit the robot, its graph must be what its manifest
+    says (as the policy node checks at start), and the twin renders at its image size."""
+    from tether.policy_runtime.manifest import check_matches_profile, load_manifest
+    from tether.policy_runtime.runtime import check_graph_matches_manifest, resolve_model_dir
+
+    with check.about("--policy"):
+        folder = resolve_model_dir(model_dir or "")
+        manifest = load_manifest(folder)
+    with check.about(f"--policy {folder}"):
+        check_matches_profile(manifest, profile.joint_names, {c.name: (c.width, c.height) for c in profile.cameras})
+        check_graph_matches_manifest(folder, manifest)
     sizes = sorted({(c.width, c.height) for c in manifest.cameras})
     if len(sizes) > 1:
-        raise TetherError(f"{folder}: the twin renders every camera at one size, but the model's cameras have "
-                          f"sizes {sizes}")
+        check.refuse(f"--policy {folder}: the twin renders every camera at one size, but the model's cameras "
+                     f"have sizes {sizes}")
     if sizes and camera_size and tuple(camera_size) != sizes[0]:
-        raise TetherError(f"--camera-size {camera_size[0]} {camera_size[1]} differs from the model's image size "
-                          f"{sizes[0][0]} {sizes[0][1]}; leave it out when a policy drives")
+        check.refuse(f"--camera-size {camera_size[0]} {camera_size[1]} differs from the model's image size "
+                     f"{sizes[0][0]} {sizes[0][1]}; leave it out when a policy drives")
     w, h = sizes[0] if sizes else tuple(camera_size or (0, 0))
     return str(folder), (w, h)
 
@@ -183,6 +218,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     rec.add_argument("--json", type=Path, default=Path("runs/bench/record.json"))
     rec.add_argument("--mcap-images", action="store_true", help="also log raw camera images in the MCAP log")
     rec.set_defaults(func=_bench_record)
+    gate = bench_sub.add_parser("gate", help="the gate under attack: a rehearsal with a chunk flood, every kind of "
+                                             "malformed chunk, e-stops and switches; limits and refusals")
+    gate.add_argument("--robot", default="so101")
+    gate.add_argument("--seconds", type=float, default=300.0, help="length of the attacked episode (twin's time)")
+    gate.add_argument("--flood-hz", type=float, default=1500.0, help="valid chunks a second on the source's topic")
+    gate.add_argument("--malformed-hz", type=float, default=20.0, help="malformed chunks a second")
+    gate.add_argument("--json", type=Path, default=Path("runs/bench/gate.json"))
+    gate.set_defaults(func=_bench_gate)
     pol = bench_sub.add_parser("policy", help="ACT and diffusion: PyTorch eager vs ONNX fp32 vs INT8, batch 1, and "
                                               "the shipped model's runtime; without training runs, at random weights")
     for name, default in _BENCH_RUNS.items():
@@ -227,7 +270,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--linger", type=float, default=0.0,
                    help="seconds to keep recording after success, so demos hold the release and retreat")
     c.add_argument("--episodes", type=int, default=20)
-    c.add_argument("--out", type=Path, default=Path("runs/dataset"), help="dataset folder (appends when it exists)")
+    c.add_argument("--out", type=Path, default=Path("runs/dataset"), help="dataset folder: new, empty, or a dataset to append to")
     c.add_argument("--report", type=Path, default=None, help="report folder (default: <out>_report)")
     c.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None)
     c.add_argument("--episode-timeout", type=float, default=20.0)
@@ -244,33 +287,48 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
 
 
 def _collect(a: argparse.Namespace) -> int:
-    from tether.graph import CollectArgs, collect_graph
-    from tether.robot_profile import load_profile
-    from tether.sim.tasks import get_task
+    from tether.graph import collect_graph
     from tether.teleop.dataset import info
 
-    profile = load_profile(a.robot)
-    get_task(a.task)
-    w, h = a.camera_size or (0, 0)
-    model = ""
-    if a.autonomous == "policy":
-        model, (w, h) = _policy_model(a.policy, profile, a.camera_size)
-    elif a.policy is not None:
-        raise TetherError("--policy is for --autonomous policy (the expert drives otherwise)")
-    report = a.report or a.out.with_name(a.out.name + "_report")
-    args = CollectArgs(
-        robot=a.robot, task=a.task, device=a.device, episodes=a.episodes, seed=a.seed,
-        dataset=str(a.out.resolve()), report=str(report.resolve()), camera_width=w, camera_height=h,
-        episode_timeout=a.episode_timeout, takeover_after=a.takeover_after, mcap_images=a.mcap_images,
-        linger_s=a.linger, device_path=_check_device(a.device, a.device_path, profile),
-        autonomous=a.autonomous, policy=model, on_abort=a.on_abort, clock=a.clock or _collect_clock(a.device),
-    )
+    args = _collect_args(a)
+    report = Path(args.report)
     code = _run("collect", collect_graph(args), report,
                 _hang_guard(a.episodes * (a.episode_timeout + a.linger + 20.0)))
     if code != 0:
         return code
     print(info(a.out))
     return 0
+
+
+def _collect_args(a: argparse.Namespace) -> CollectArgs:
+    """The graph's arguments, every one checked before any process starts or any file is written."""
+    from tether.graph import CollectArgs
+
+    check = Preflight("collect")
+    _check_run_lengths(check, a)
+    check.not_negative("--takeover-after", a.takeover_after, " seconds")
+    check.not_negative("--linger", a.linger, " seconds")
+    profile = _profile_and_task(check, a)
+    check.dataset_to_append("--out", a.out)
+    out = a.out.resolve()
+    report = a.report or out.with_name(out.name + "_report")
+    check.writable_folder("--report", report)
+    check.outside("--report", report, "--out", a.out)
+    w, h = a.camera_size or (0, 0)
+    model = ""
+    if a.autonomous == "policy":
+        model, (w, h) = _policy_model(check, a.policy, profile, a.camera_size)
+    elif a.policy is not None:
+        check.refuse("--policy is for --autonomous policy (the expert drives otherwise)")
+    with check.about("--device"):
+        device_path = _check_device(a.device, a.device_path, profile)
+    return CollectArgs(
+        robot=a.robot, task=a.task, device=a.device, episodes=a.episodes, seed=a.seed,
+        dataset=str(out), report=str(report.resolve()), camera_width=w, camera_height=h,
+        episode_timeout=a.episode_timeout, takeover_after=a.takeover_after, mcap_images=a.mcap_images,
+        linger_s=a.linger, device_path=device_path,
+        autonomous=a.autonomous, policy=model, on_abort=a.on_abort, clock=a.clock or _collect_clock(a.device),
+    )
 
 
 def _collect_clock(device: str) -> str:
@@ -334,6 +392,31 @@ def _dataset(a: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def _bench_gate(a: argparse.Namespace) -> int:
+    from tether import gate_soak
+    from tether.gate import GateConfig
+    from tether.graph import GateSoakArgs, gate_soak_graph
+    from tether.robot_profile import load_profile
+
+    check = Preflight("bench gate")
+    with check.about("--robot"):
+        profile = load_profile(a.robot)
+    for flag, value in (("--seconds", a.seconds), ("--flood-hz", a.flood_hz), ("--malformed-hz", a.malformed_hz)):
+        check.positive(flag, value)
+    folder = a.json.with_suffix("").resolve()
+    check.writable_folder("--json", folder)
+    args = GateSoakArgs(robot=a.robot, seconds=a.seconds, flood_hz=a.flood_hz, malformed_hz=a.malformed_hz,
+                        report=str(folder))
+    code = _run("bench gate", gate_soak_graph(args), folder, _hang_guard(a.seconds + 30.0))
+    if code != 0:
+        return code
+    config = GateConfig()
+    results = gate_soak.analyse(gate_soak.SoakRecord.load(folder), profile, 1.0 / config.rate_hz, config.max_step)
+    md = gate_soak.write(results, a.json)
+    print(md.read_text())
+    return 0
+
+
 def _bench_record(a: argparse.Namespace) -> int:
     from tether.teleop import benchmark
 
@@ -389,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         # Before any torch work: torch's thread count cannot change safely once it has run.
         threads.fix(_requested_threads(args), torch=getattr(args, "uses_torch", False))
         return int(args.func(args))
+    except UsageError as exc:  # already names the command and the flag
+        print(exc, file=sys.stderr)
+        return 2
     except TetherError as exc:
         print(f"tether: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tether.preflight import Preflight
+
 POLICY_CHOICES = ("act", "diffusion")
 
 
@@ -39,12 +41,12 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_train, uses_torch=True)
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
+def _overrides(check: Preflight, pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"tether train: --set expects KEY=VALUE, got {pair!r}")
+        if not sep or not key:
+            check.refuse(f"--set expects KEY=VALUE, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -54,17 +56,32 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _check_train(check: Preflight, a: argparse.Namespace) -> None:
+    """Before torch loads a frame or the run folder exists."""
+    if not a.resume and a.dataset is None:
+        check.refuse("--dataset is required for a new run")
+    if a.init_from is not None and (a.resume or a.size or a.set or a.image_size):
+        check.refuse("--init-from takes the architecture and image size from that run; "
+                     "leave out --resume, --size, --set and --image-size")
+    for flag, value in (("--steps", a.steps), ("--batch-size", a.batch_size), ("--image-size", a.image_size),
+                        ("--checkpoint-every", a.checkpoint_every), ("--val-every", a.val_every)):
+        check.at_least(flag, value, 1)
+    check.positive("--lr", a.lr)
+    if a.ema_decay is not None and not 0.0 <= a.ema_decay < 1.0:
+        check.refuse(f"--ema-decay must be in [0, 1) (0 turns the average off), got {a.ema_decay}")
+    if not a.resume:
+        check.dataset_to_read("--dataset", a.dataset)
+    check.writable_folder("--out", a.out)
+
+
 def _train(a: argparse.Namespace) -> int:
     import dataclasses
 
-    from tether.errors import TetherError
     from tether.policy_runtime import train as tr
 
-    if not a.resume and a.dataset is None:
-        raise TetherError("tether train: --dataset is required for a new run")
-    if a.init_from is not None and (a.resume or a.size or a.set or a.image_size):
-        raise TetherError("tether train: --init-from takes the architecture and image size from that run; "
-                          "leave out --resume, --size, --set and --image-size")
+    check = Preflight("train")
+    _check_train(check, a)
+    overrides = _overrides(check, a.set)
     base = tr.default_train_config(a.policy)
     chosen = {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "seed": a.seed,
               "image_size": a.image_size, "checkpoint_every": a.checkpoint_every, "val_every": a.val_every,
@@ -73,7 +90,7 @@ def _train(a: argparse.Namespace) -> int:
         base, **{k: v for k, v in chosen.items() if v is not None}, only_success=not a.include_failed)
     if a.resume:  # the run keeps its own config; only --steps may extend it
         config = dataclasses.replace(base, steps=a.steps) if a.steps else None
-    run = tr.train(a.policy, a.dataset, a.out, config=config, size=a.size or "cpu", overrides=_overrides(a.set),
+    run = tr.train(a.policy, a.dataset, a.out, config=config, size=a.size or "cpu", overrides=overrides,
                    resume=a.resume, init_from=a.init_from, device=a.device)
     print(f"run: {run}  (loss plot: {run / 'loss.png'}; export with `tether export {run} --out MODEL_DIR`)")
     return 0
@@ -95,6 +112,13 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 def _export(a: argparse.Namespace) -> int:
     from tether.policy_runtime.export import export
+    from tether.policy_runtime.train import load_run
+
+    check = Preflight("export")
+    check.positive("--tolerance", a.tolerance, " rad")
+    with check.about("RUN"):
+        load_run(a.run)
+    check.writable_folder("--out", a.out)
 
     out = export(a.run, a.out, quantize=a.quantize, tolerance_rad=a.tolerance, keep_reference=not a.no_fp32_reference)
     print((out / "parity.md").read_text())

@@ -116,6 +116,14 @@ def _check_args(kind: str, actual: dict[str, tuple[list[object], str]], declared
                                 f"the manifest says float32 {spec.shape}")
 
 
+def check_graph_matches_manifest(folder: Path | str, m: Manifest) -> None:
+    """What ``PolicyRuntime.load`` checks of the graph, for a caller that runs nothing (the CLI before it
+    starts a graph): the manifest's declared I/O follows the contract, and the .onnx on disk takes and gives
+    exactly those names, shapes and dtypes (read from an onnxruntime session, opened and dropped)."""
+    check_declared_io(m)
+    check_session_io(make_session(Path(folder) / m.policy_graph.file), m)
+
+
 def make_session(path: Path, threads: int = DEFAULT_THREADS) -> ort.InferenceSession:
     """A CPU session for batch-1 control: ``threads`` intra-op threads that sleep when idle."""
     if threads < 1:

@@ -239,7 +239,12 @@ def read_info(root: Path) -> dict[str, Any]:
     path = Layout(root).info_path
     if not path.is_file():
         raise DatasetLayoutError(f"{root}: no meta/info.json; not a dataset (create one with DatasetWriter.create)")
-    info: dict[str, Any] = json.loads(path.read_text())
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetLayoutError(f"{path}: not valid JSON ({exc}); not a dataset this writer can read") from exc
+    if not isinstance(info, dict):
+        raise DatasetLayoutError(f"{path}: not a JSON object; not a dataset this writer can read")
     if info.get("codebase_version") != CODEBASE_VERSION:
         raise DatasetLayoutError(
             f"{path}: codebase_version {info.get('codebase_version')!r}; this writer handles {CODEBASE_VERSION!r} only"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tether.errors import ManifestError, ModelMismatchError
-from tether.policy_runtime.manifest import MANIFEST, check_matches_profile, load_manifest
-from tether.policy_runtime.runtime import PolicyRuntime
+from tether.policy_runtime.manifest import MANIFEST, STATE, check_matches_profile, load_manifest, sha256_of
+from tether.policy_runtime.runtime import PolicyRuntime, check_graph_matches_manifest
 
 
 @pytest.fixture
@@ -159,3 +159,77 @@ def test_rehearse_refuses_a_model_that_does_not_fit_before_starting(model: Path,
     code, nodes = _rehearse_nodes(monkeypatch, [*argv, "--report", str(tmp_path / "r")])
     assert code == 2 and nodes == []
     assert message in capsys.readouterr().err
+
+
+def _state_as_float64(graph) -> None:
+    """The state input becomes float64, cast to float32 inside: a valid graph the manifest misdescribes."""
+    from onnx import TensorProto, helper
+
+    graph.graph.input[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    for node in graph.graph.node:
+        node.input[:] = ["state_f32" if name == STATE else name for name in node.input]
+    graph.graph.node.insert(0, helper.make_node("Cast", [STATE], ["state_f32"], to=TensorProto.FLOAT))
+
+
+GRAPH_VS_MANIFEST = {  # the graph's difference from the fixture's manifest -> what the check says
+    "image shape": ({"cameras": {"front": (32, 24), "wrist": (32, 24)}}, None,
+                    "graph input 'observation.images.front' is tensor(float) [1, 1, 3, 24, 32]; the manifest says "
+                    "float32 [1, 1, 3, 12, 16]"),
+    "input names": ({"cameras": {"front": (16, 12), "top": (16, 12)}}, None,
+                    "graph inputs ['observation.images.front', 'observation.images.top', 'observation.state'] "
+                    "differ from the manifest's ['observation.images.front', 'observation.images.wrist', "
+                    "'observation.state']"),
+    "state dtype": ({}, _state_as_float64,
+                    "graph input 'observation.state' is tensor(double) [1, 1, 6]; the manifest says float32 [1, 1, 6]"),
+    "chunk length": ({"chunk_length": 7}, None,
+                     "graph output 'action' is tensor(float) [1, 7, 6]; the manifest says float32 [1, 5, 6]"),
+}
+
+
+def _model_misdescribed(folder: Path, fx, case: str) -> tuple[Path, str]:
+    """A model folder whose manifest is the fixture's, pinning the sha256 of a graph that differs from it."""
+    graph_kw, edit, message = GRAPH_VS_MANIFEST[case]
+    folder.mkdir(parents=True)
+    graph = fx.build_graph(fx.TinyPolicy(**graph_kw))
+    if edit:
+        edit(graph)
+    import onnx
+
+    onnx.save(graph, str(folder / "policy.onnx"))
+    fx.manifest_for(fx.TinyPolicy(), sha256_of(folder / "policy.onnx")).save(folder)
+    return folder, message
+
+
+@pytest.mark.parametrize("case", GRAPH_VS_MANIFEST)
+def test_a_graph_that_differs_from_its_manifest_is_named_without_running_it(tmp_path: Path, fx, case: str) -> None:
+    folder, message = _model_misdescribed(tmp_path / "model", fx, case)
+    with pytest.raises(ManifestError) as refused:
+        check_graph_matches_manifest(folder, load_manifest(folder))
+    assert str(refused.value) == f"policy.onnx: {message}"
+    with pytest.raises(ManifestError, match="the manifest says|differ from the manifest"):
+        PolicyRuntime.load(folder)  # the policy node's own check stays
+
+
+@pytest.mark.parametrize("case", GRAPH_VS_MANIFEST)
+def test_rehearse_refuses_a_graph_that_differs_from_its_manifest_before_any_node_starts(
+        tmp_path: Path, fx, capsys, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    folder, message = _model_misdescribed(tmp_path / "model", fx, case)
+    capsys.readouterr()
+    code, nodes = _rehearse_nodes(monkeypatch, ["--source", "policy", "--policy", str(folder),
+                                                "--report", str(tmp_path / "r")])
+    assert (code, nodes) == (2, [])
+    line = f"tether rehearse: --policy {folder.resolve()}: policy.onnx: {message}"
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert not (tmp_path / "r").exists()
+
+
+def test_collect_refuses_a_graph_that_differs_from_its_manifest_before_any_node_starts(
+        tmp_path: Path, fx, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, message = _model_misdescribed(tmp_path / "model", fx, "image shape")
+    capsys.readouterr()
+    argv = ["--autonomous", "policy", "--policy", str(folder), "--device", "replay", "--out", str(tmp_path / "ds")]
+    code, nodes = _rehearse_nodes(monkeypatch, argv, command="collect")
+    assert (code, nodes) == (2, [])
+    line = f"tether collect: --policy {folder.resolve()}: policy.onnx: {message}"
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
