@@ -131,7 +131,7 @@ class ChunkLimits:
     max_duration: float = 10.0  # s from the stamp to the last point
     max_age: float = 0.5  # s the stamp (the observation's capture time) may lie in the past
     max_lead: float = 0.5  # s it may lie in the future
-    max_rate_hz: float = 200.0  # chunks a second from one source
+    max_rate_hz: float = 100.0  # chunks a second from one source (sources send 10-30; a flood is cut here)
 
     def __post_init__(self) -> None:
         for name in ("max_points", "max_duration", "max_age", "max_lead", "max_rate_hz"):

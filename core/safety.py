@@ -71,7 +71,7 @@ def validate_chunk(
     missing = [n for n in profile.joint_names if n not in names]
     if missing or len(set(names)) != len(names):
         raise ChunkRejected("joint_set", f"trajectory must name each of {profile.joint_names} once; missing {missing}")
-    rows = [list(p) for p in positions]
+    rows = list(positions)  # sequences or 1-D arrays: only their lengths are read before stacking
     bad = [i for i, row in enumerate(rows) if len(row) != len(names)]
     if len(rows) != len(times) or bad:
         raise ChunkRejected("point_size", f"point {bad[0] if bad else len(rows)} has "
@@ -238,11 +238,11 @@ class SafetyFilter:
         assert self._last is not None
         lo, hi = self._kinematic_bounds(dt)
         step_lo, step_hi = self._step_bounds(measured, dt)
-        feasible = (np.maximum(lo, step_lo) <= np.minimum(hi, step_hi))
-        self.step_exceeded += int(not np.all(feasible))
-        lo = np.where(feasible, np.maximum(lo, step_lo), lo)
-        hi = np.where(feasible, np.minimum(hi, step_hi), hi)
-        velocity = np.clip(wanted, lo, hi)
+        self.step_exceeded += int(np.any(np.maximum(lo, step_lo) > np.minimum(hi, step_hi)))
+        # The step band first, then the hard limits: inside both when they meet (the same as clipping into
+        # their intersection); when the measured state has run away they do not, and the command heads
+        # back toward it as fast as the limits allow instead of standing where it is.
+        velocity = np.minimum(np.maximum(np.minimum(np.maximum(wanted, step_lo), step_hi), lo), hi)
         out = np.clip(self._last + velocity * dt, self.limits.lower, self.limits.upper)  # rounding only
         self._velocity = (out - self._last) / dt
         self._last = out
@@ -260,8 +260,14 @@ class SafetyFilter:
         return np.minimum(lo, v + a * dt), np.maximum(hi, v - a * dt)
 
     def _step_bounds(self, measured: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-        """Velocities that keep the command able to stop inside the band of ``max_step`` around ``measured``."""
+        """Velocities that keep the command able to stop inside the band of ``max_step`` around ``measured``.
+
+        A command already outside the band (the measured state ran away) must head back into it: its
+        bound on the far side becomes infinite, and the kinematic limits decide how fast.
+        """
         assert self._last is not None
         a, band = self.limits.max_acceleration, self.limits.max_step
-        return (-stopping_speed(self._last - (measured - band), a, dt),
-                stopping_speed(measured + band - self._last, a, dt))
+        below, above = self._last - (measured - band), measured + band - self._last  # room to each edge
+        lo = np.where(below < 0, np.inf, -stopping_speed(below, a, dt))
+        hi = np.where(above < 0, -np.inf, stopping_speed(above, a, dt))
+        return lo, hi

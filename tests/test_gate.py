@@ -176,7 +176,8 @@ def test_a_chunk_flood_is_cut_to_the_profiles_rate(gate, so101) -> None:
             continue
         send(gate, so101, now=now)
         accepted += 1
-    assert 200 <= accepted <= 220  # 200 chunks/s plus the burst allowance
+    rate = so101.chunks.max_rate_hz
+    assert rate <= accepted <= rate * 1.1  # the profile's rate for a second, plus the burst allowance
     assert gate.counters["rejected_rate_limited"] == refused == 2000 - accepted
     assert not gate.flooded("teleop", 1.0)  # each source has its own budget
 

@@ -98,3 +98,20 @@ def test_filter_tracks_a_smooth_moving_target_without_lag(so101) -> None:
     assert max(errors[295:]) < 0.03 and errors[-1] < 1e-6  # an instant stop is braked, then reached
     # 0.1 s to reach 1 rad/s and close the gap, 0.1 s to brake the instant stop and come back: both within limits.
     assert f.limited_count <= 40
+
+
+def test_a_robot_pushed_beyond_max_step_is_followed_within_the_limits(so101) -> None:
+    """A push (or a collision) moves the arm 0.6 rad from a standing command: the command must not
+    stay put, pressing the servo against it, but come back within max_step as fast as the limits allow."""
+    f = SafetyFilter(SafetyLimits.from_profile(so101, max_step=0.35))
+    dt, q = 0.005, so101.home.copy()
+    f.reset(q)
+    pushed = q.copy()
+    pushed[1] += 0.6
+    out, velocities = [], []
+    for _ in range(60):
+        out.append(f.stop(pushed, dt))
+        velocities.append(f.velocity[1])
+    lead = np.abs(np.array(out)[:, 1] - pushed[1])
+    assert f.step_exceeded > 0 and lead[-1] <= 0.35 + 1e-9  # counted, then back inside the band
+    assert np.all(np.abs(np.diff([0.0, *velocities])) / dt <= so101.max_acceleration[1] * (1 + 1e-9))

@@ -82,11 +82,12 @@ def trajectory_msg(names: list[str], start: float, times: list[float], points: n
     return msg
 
 
-def trajectory_fields(msg: JointTrajectory) -> tuple[list[str], float, list[float], list[list[float]]]:
-    """(joint_names, start, times, positions) as plain Python, for the core's validators."""
+def trajectory_fields(msg: JointTrajectory) -> tuple[list[str], float, list[float], list[np.ndarray]]:
+    """(joint_names, start, times, positions) for the core's validators; each point's positions a float64
+    array viewing the message's own buffer (no copy: the gate converts every chunk it accepts)."""
     return (
         list(msg.joint_names),
         to_sec(msg.header.stamp),
         [from_duration(p.time_from_start) for p in msg.points],
-        [list(p.positions) for p in msg.points],
+        [np.frombuffer(p.positions, dtype=np.float64) for p in msg.points],
     )

@@ -71,9 +71,10 @@ class GateNode(Node):
         self._lock = threading.Lock()  # the gate core, shared by the stream thread and the executor
         priority = int(self.declare_parameter("realtime_priority", 40).value)
         realtime = RealtimeThread(self, priority)
-        # The executor's thread too, one below the stream: chunks, joint states and the e-stop are on
-        # the control path, and a busy machine delayed them by tens of ms at normal priority.
-        self._realtime_executor = RealtimeThread(self, max(0, priority - 5))
+        # The executor's thread too: chunks, joint states and the e-stop are on the control path, and a
+        # busy machine delayed them by tens of ms at normal priority. A raised nice, not real time: a
+        # flood of chunks reaches this thread, and must not use up the real-time budget of the stream.
+        self._realtime_executor = RealtimeThread(self, priority, nice=True)
         self.command_pub = self.create_publisher(JointTrajectory, self.profile.command_topic, COMMAND_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
@@ -237,6 +238,9 @@ class GateNode(Node):
 
 
     def close(self, stop_within: float = 0.5) -> None:
+        import numpy as _np
+        pr = _np.array(getattr(self.stream, "prof", [(0, 0)])) * 1e3
+        self.get_logger().info(f"PROF late p50 {_np.percentile(pr[:,0],50):.3f} p99 {_np.percentile(pr[:,0],99):.3f} max {pr[:,0].max():.1f}; tick p50 {_np.percentile(pr[:,1],50):.3f} p99 {_np.percentile(pr[:,1],99):.3f} max {pr[:,1].max():.1f} ms")
         """The gate's last act is a stop: decelerate within the limits to rest, then end the stream.
 
         Whatever ends the process (a signal, its supervisor gone), the robot is left holding still at
