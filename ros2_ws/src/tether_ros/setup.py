@@ -4,6 +4,7 @@ from setuptools import setup
 
 package_name = "tether_ros"
 nodes = ["twin_node", "gate_node", "expert_node", "policy_node", "session_node", "recorder_node", "teleop_node",
+         "adversary_node",
          "container"]
 
 setup(

@@ -40,7 +40,9 @@ class ExpertNode(Node):
         self.expert = PickPlaceExpert(self.profile)
         rate = float(self.declare_parameter("control_hz", self.expert.control_hz).value)
         self.period = 1.0 / rate
-        self._realtime = RealtimeThread(self, int(self.declare_parameter("realtime_priority", 30).value))
+        # A raised nice, not real time: its IK work varies with the scene, and real-time threads that can
+        # run long starve the gate's executor of the CPU it needs while it holds the gate's GIL.
+        self._realtime = RealtimeThread(self, int(self.declare_parameter("realtime_priority", 30).value), nice=True)
         self.pub = self.create_publisher(JointTrajectory, source_topic("expert"), COMMAND_QOS)
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
         self.create_subscription(PoseStamped, OBJECT_POSE, self._on_object, 10)
