@@ -29,7 +29,7 @@ from tether_ros.conversions import (
     to_sec,
     trajectory_msg,
 )
-from tether_ros.realtime import RealtimeThread
+from tether_ros.realtime import RealtimeThread, raise_process_nice
 from tether_ros.spin import run
 
 
@@ -40,9 +40,8 @@ class ExpertNode(Node):
         self.expert = PickPlaceExpert(self.profile)
         rate = float(self.declare_parameter("control_hz", self.expert.control_hz).value)
         self.period = 1.0 / rate
-        # A raised nice, not real time: its IK work varies with the scene, and real-time threads that can
-        # run long starve the gate's executor of the CPU it needs while it holds the gate's GIL.
-        self._realtime = RealtimeThread(self, int(self.declare_parameter("realtime_priority", 30).value), nice=True)
+        # Below the gate's threads (40, 35), which it can then never preempt while they hold their GIL.
+        self._realtime = RealtimeThread(self, int(self.declare_parameter("realtime_priority", 30).value))
         self.pub = self.create_publisher(JointTrajectory, source_topic("expert"), COMMAND_QOS)
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
         self.create_subscription(PoseStamped, OBJECT_POSE, self._on_object, 10)
@@ -97,6 +96,7 @@ NODE = ExpertNode  # for tether_ros.container
 
 
 def main(args: list[str] | None = None) -> int:
+    raise_process_nice()  # DDS's threads, created with the node, deliver its messages: ahead of other work
     return run(ExpertNode, args)
 
 

@@ -49,7 +49,7 @@ from tether_ros.conversions import (
     trajectory_fields,
     trajectory_msg,
 )
-from tether_ros.realtime import RealtimeThread
+from tether_ros.realtime import RealtimeThread, raise_process_nice
 from tether_ros.spin import run
 
 
@@ -281,6 +281,7 @@ def main(args: list[str] | None = None) -> int:
     # a waking stream thread waits up to the interpreter's switch interval (5 ms by default) for it;
     # 0.5 ms keeps that wait well inside the stream's period.
     sys.setswitchinterval(0.0002)
+    raise_process_nice()  # DDS's threads, created with the node, deliver its messages: ahead of other work
     return run(GateNode, args)
 
 

@@ -51,3 +51,13 @@ class RealtimeThread:
             self._node.get_logger().warning(
                 f"no raised priority ({exc}); under load its timing may suffer. Grant CAP_SYS_NICE "
                 "or an rtprio limit, or set realtime_priority:=0 to silence this")
+
+
+def raise_process_nice(value: int = RealtimeThread.NICE) -> None:
+    """Call first in a control-path node's ``main``: every thread created after it (DDS's receive and
+    event threads among them, which deliver the node's messages) starts at nice ``value``. Without the
+    right to it, nothing changes (the node's own threads say so when they try)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, value)
+    except (PermissionError, AttributeError, OSError):
+        pass

@@ -54,7 +54,7 @@ from tether_ros.conversions import (
     to_stamp,
     trajectory_fields,
 )
-from tether_ros.realtime import RealtimeThread
+from tether_ros.realtime import RealtimeThread, raise_process_nice
 from tether_ros.spin import run
 
 
@@ -275,6 +275,7 @@ NODE = TwinNode  # for tether_ros.container
 
 
 def main(args: list[str] | None = None) -> int:
+    raise_process_nice()  # DDS's threads, created with the node, deliver its messages: ahead of other work
     return run(TwinNode, args)
 
 
