@@ -61,6 +61,8 @@ class MachineTiming:
     frames_skipped: int = 0  # camera frames the twin's renderer was too busy to draw
     load_average: list[float] = field(default_factory=list)  # 1-minute load average, sampled during the run
     cpus: int = 0
+    # Samples the middleware refused to send (twin and gate, dropped and counted; see tether_ros.publishing).
+    publish_failures: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         rtf = np.asarray(self.realtime_factor, dtype=float)
@@ -74,6 +76,7 @@ class MachineTiming:
                               "skipped_share": self.frames_skipped / drawn if drawn else 0.0},
             "load_average_1min": {"p50": _median(load), "max": float(load.max()) if load.size else float("nan"),
                                   "cpus": self.cpus},
+            "publish_failures": self.publish_failures,
         }
 
 
@@ -198,6 +201,7 @@ def _machine_rows(m: dict[str, Any]) -> list[str]:
         f"({100 * frames['skipped_share']:.1f} % skipped) |",
         f"| machine load (1-min average) | p50 {_fmt(load['p50'], '.2f')}, max {_fmt(load['max'], '.2f')} "
         f"on {load['cpus']} CPUs |",
+        f"| samples the middleware refused (twin, gate) | {m['publish_failures']} |",
     ]
 
 

@@ -63,7 +63,7 @@ def _write_summary(hogs: int, reports: dict[str, dict]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rows = ["| run | success | obs→command p50 / p99 ms | command period p50 / p99 ms | missed deadlines | "
             "twin real-time factor p50 / min | sim time slipped s | frames rendered / skipped | dropped frames | "
-            "load p50 / max |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "load p50 / max | samples refused |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
         lat, per, m = r["latency_ms"]["obs_to_command"], r["command_period_ms"], r["machine"]
         drops = ", ".join(c.split("dropped=")[1].split()[0] for c in r["meta"].get("recorder_commits", [])) or "-"
@@ -71,7 +71,8 @@ def _write_summary(hogs: int, reports: dict[str, dict]) -> None:
                     f"{_f(per['p50'])} / {_f(per['p99'])} | {r['missed_deadlines']} | "
                     f"{_f(m['twin_realtime_factor']['p50'])} / {_f(m['twin_realtime_factor']['min'])} | "
                     f"{m['twin_slipped_s']:.2f} | {m['camera_frames']['rendered']} / {m['camera_frames']['skipped']} | "
-                    f"{drops} | {_f(m['load_average_1min']['p50'])} / {_f(m['load_average_1min']['max'])} |")
+                    f"{drops} | {_f(m['load_average_1min']['p50'])} / {_f(m['load_average_1min']['max'])} | "
+                    f"{m['publish_failures']} |")
     title = f"# Load test: {hogs} CPU hogs on {os.cpu_count()} cores\n\n"
     (OUT / f"hogs{hogs}.md").write_text(title + "\n".join(rows) + "\n")
     (OUT / f"hogs{hogs}.json").write_text(json.dumps(reports, indent=2) + "\n")

@@ -30,6 +30,12 @@ def camera_topic(camera: str, leaf: str = "image_raw") -> str:
 STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED_QOS = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+# A reliable KEEP_LAST writer keeps only ``depth`` samples for a reader that lags: a recorder starved by a
+# busy machine lost the joint state of a frame's instant (its frame dropped as stale_state) and whole
+# camera frames (camera_gap) to a depth of 10 and 5. The sensor writers keep ~0.4 s of states and 1 s of
+# images for such a reader; subscribers choose their own depth.
+STATE_WRITER_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+IMAGE_WRITER_QOS = QoSProfile(depth=30, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
 def to_sec(stamp: Time) -> float:

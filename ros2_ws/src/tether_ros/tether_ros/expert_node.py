@@ -29,6 +29,7 @@ from tether_ros.conversions import (
     to_sec,
     trajectory_msg,
 )
+from tether_ros.publishing import tolerant_publisher
 from tether_ros.realtime import RealtimeThread, raise_process_nice
 from tether_ros.spin import run
 
@@ -42,7 +43,7 @@ class ExpertNode(Node):
         self.period = 1.0 / rate
         # Below the gate's threads (40, 35), which it can then never preempt while they hold their GIL.
         self._realtime = RealtimeThread(self, int(self.declare_parameter("realtime_priority", 30).value))
-        self.pub = self.create_publisher(JointTrajectory, source_topic("expert"), COMMAND_QOS)
+        self.pub = tolerant_publisher(self, JointTrajectory, source_topic("expert"), COMMAND_QOS)
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
         self.create_subscription(PoseStamped, OBJECT_POSE, self._on_object, 10)
         self.create_subscription(PoseStamped, TARGET_POSE, self._on_target, 10)

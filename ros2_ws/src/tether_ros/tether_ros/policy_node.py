@@ -45,6 +45,7 @@ from tether.policy_runtime.runtime import (
 from tether.policy_runtime.scheduler import ChunkScheduler, SchedulerConfig
 from tether.robot_profile import load_profile
 from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, STATE_QOS, camera_topic, source_topic, to_sec, trajectory_msg
+from tether_ros.publishing import tolerant_publisher
 from tether_ros.spin import run
 
 # ACT was trained for temporal ensembling; Diffusion Policy executes one chunk at a time.
@@ -76,7 +77,7 @@ class PolicyNode(Node):
         self.image_timeout = float(p("image_timeout", 0.5).value)  # s between an image and the joint state
         self.state_timeout = float(p("state_timeout", 0.1).value)  # s; the gate's default: older states are stale
         self.cameras = [c.name for c in m.cameras]
-        self.pub = self.create_publisher(JointTrajectory, source_topic("policy"), COMMAND_QOS)
+        self.pub = tolerant_publisher(self, JointTrajectory, source_topic("policy"), COMMAND_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
         self._images: dict[str, Image] = {}

@@ -331,7 +331,8 @@ class SessionNode(Node):
         return MachineTiming(
             realtime_factor=list(self._rtf["realtime_factor"]), compute_rtf=list(self._rtf["compute_rtf"]),
             slipped_s=float(twin.get("slipped_s", 0.0)), frames_rendered=int(twin.get("frames_rendered", 0)),
-            frames_skipped=int(twin.get("frames_skipped", 0)), load_average=list(self._load), cpus=os.cpu_count() or 0)
+            frames_skipped=int(twin.get("frames_skipped", 0)), load_average=list(self._load), cpus=os.cpu_count() or 0,
+            publish_failures=int(twin.get("publish_failures", 0)) + int(self._gate.get("publish_failures", 0)))
 
     def _write(self, results: list[EpisodeResult]) -> None:
         gate = dict(self._gate)

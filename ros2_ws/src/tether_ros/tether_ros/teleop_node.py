@@ -52,6 +52,7 @@ from tether_ros.conversions import (
     to_sec,
     trajectory_msg,
 )
+from tether_ros.publishing import tolerant_publisher
 from tether_ros.spin import run
 
 DEVICES = (*HUMAN_DEVICES, "replay")
@@ -66,7 +67,7 @@ class TeleopNode(Node):
         if self.device_name not in DEVICES:
             raise TetherError(f"unknown teleop device '{self.device_name}'; devices: {', '.join(DEVICES)}")
         self.takeover_after = float(p("takeover_after", 2.0).value)
-        self.pub = self.create_publisher(JointTrajectory, source_topic("teleop"), COMMAND_QOS)
+        self.pub = tolerant_publisher(self, JointTrajectory, source_topic("teleop"), COMMAND_QOS)
         self.takeover = self.create_client(Trigger, "/gate/takeover")
         self.handback = self.create_client(Trigger, "/gate/handback")
         self.create_service(Trigger, "~/reset", self._reset)

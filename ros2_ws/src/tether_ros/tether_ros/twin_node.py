@@ -45,8 +45,9 @@ from tether.trajectory import TrajectoryFollower
 from tether_ros.conversions import (
     COMMAND_QOS,
     DIAGNOSTICS,
+    IMAGE_WRITER_QOS,
     OBJECT_POSE,
-    STATE_QOS,
+    STATE_WRITER_QOS,
     TARGET_POSE,
     camera_topic,
     image_msg,
@@ -54,6 +55,7 @@ from tether_ros.conversions import (
     to_stamp,
     trajectory_fields,
 )
+from tether_ros.publishing import DropTolerantPublisher, tolerant_publisher
 from tether_ros.realtime import RealtimeThread, raise_process_nice
 from tether_ros.spin import run
 
@@ -81,18 +83,19 @@ class TwinNode(Node):
             raise ConfigError(f"twin: late_frames '{self.late_frames}' is not one of {', '.join(LATE_FRAMES)}")
         # The state loop is the robot: it runs ahead of rendering and everything else on the machine.
         self._realtime = RealtimeThread(self, int(p("realtime_priority", 30).value))
+        self._tolerant_pubs: list[DropTolerantPublisher] = []
         self.twin = Twin(self.profile, task, render_size=size if all(size) else None)
         self.twin.reset(self.seed)
         self.resets = 0
-        self.joint_pub = self.create_publisher(JointState, self.profile.joint_states_topic, STATE_QOS)
-        self.object_pub = self.create_publisher(PoseStamped, OBJECT_POSE, 10)
-        self.target_pub = self.create_publisher(PoseStamped, TARGET_POSE, 10)
-        self.diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
-        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.publish_clock else None
+        self.joint_pub = self._publisher(JointState, self.profile.joint_states_topic, STATE_WRITER_QOS)
+        self.object_pub = self._publisher(PoseStamped, OBJECT_POSE, 10)
+        self.target_pub = self._publisher(PoseStamped, TARGET_POSE, 10)
+        self.diag_pub = self._publisher(DiagnosticArray, DIAGNOSTICS, 10, max_outage_s=10.0)
+        self.clock_pub = self._publisher(Clock, "/clock", 10) if self.publish_clock else None
         self.image_pubs = {
             c: (
-                self.create_publisher(Image, camera_topic(c), 5),
-                self.create_publisher(CameraInfo, camera_topic(c, "camera_info"), 5),
+                self._publisher(Image, camera_topic(c), IMAGE_WRITER_QOS),
+                self._publisher(CameraInfo, camera_topic(c, "camera_info"), 5),
             )
             for c in self.twin.camera_names
         }
@@ -116,6 +119,11 @@ class TwinNode(Node):
         # is what drives /clock, so timers on sim time would wait for it forever.
         self.create_timer(self.state_period, self._tick, clock=self._wall_clock)
         self.create_timer(1.0, self._publish_diagnostics, clock=self._wall_clock)
+
+    def _publisher(self, msg_type: type, topic: str, qos: object, max_outage_s: float = 1.0) -> DropTolerantPublisher:
+        pub = tolerant_publisher(self, msg_type, topic, qos, max_outage_s)
+        self._tolerant_pubs.append(pub)
+        return pub
 
     def _wall(self) -> float:
         return self._wall_clock.now().nanoseconds * 1e-9
@@ -239,6 +247,7 @@ class TwinNode(Node):
         wall, stepped = self._wall(), self._stepped
         values = {**self._rates(wall, stepped), "sim_time": f"{self.twin.time:.3f}", "slipped_s": f"{self._slipped:.3f}",
                   "frames_rendered": str(self.cameras.rendered), "frames_skipped": str(self.cameras.skipped),
+                  "publish_failures": str(sum(pub.failures for pub in self._tolerant_pubs)),
                   **{f"render_{k}_ms": f"{v:.2f}" for k, v in self.cameras.render_ms().items()}}
         self._stats, self._busy = (wall, stepped), 0.0
         behind = self._slipped > 0 or self.cameras.skipped > 0
