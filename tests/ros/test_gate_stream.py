@@ -1,9 +1,11 @@
 """The gate's command stream as processes over DDS: a frozen robot, a chunk flood, neither stalls it.
 
 The gate and the twin run as their own processes (as in a rehearsal); this test process plays
-the action source and watches the stream on the wire (DDS reception times). Bounds here are
-liveness bounds, far above the figures measured (see the benchmark in the closing note): they
-catch a stream that stalls or starves, not a slow machine.
+the action source and watches the stream on the wire, timed by each command's DDS source
+timestamp (when the gate wrote it): on a busy machine this process may take the samples late
+and in bursts, which says nothing about the gate. Bounds here are liveness bounds, far above
+the figures measured (``tether bench gate``): they catch a stream that stalls or starves, not a
+slow machine.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ class Source(Node):
     def __init__(self, profile) -> None:
         super().__init__("stream_probe")
         self.profile = profile
-        self.received: list[float] = []
+        self.received: list[float] = []  # when the gate wrote each command (DDS source timestamp)
         self.states: list[JointState] = []
         self.gate: dict[str, str] = {}
         self.create_subscription(JointTrajectory, profile.command_topic,
-                                 lambda _m, info: self.received.append(info["received_timestamp"] * 1e-9), COMMAND_QOS)
+                                 lambda _m, info: self.received.append(info["source_timestamp"] * 1e-9), COMMAND_QOS)
         self.create_subscription(JointState, "/joint_states", self.states.append, STATE_QOS)
         self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._diag, 50)
         self.chunks = self.create_publisher(JointTrajectory, source_topic("expert"), COMMAND_QOS)
