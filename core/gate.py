@@ -20,7 +20,8 @@ from enum import Enum
 
 import numpy as np
 
-from tether.errors import ConfigError, UnknownJointError
+from tether.errors import ConfigError, TetherError
+from tether.joint_state import joint_vector
 from tether.robot_profile import RobotProfile
 from tether.safety import (
     ChunkRejected,
@@ -91,15 +92,12 @@ class Gate:
 
     # --- inputs -------------------------------------------------------------
     def on_joint_state(self, names: Sequence[str], positions: Sequence[float], stamp: float) -> None:
-        index = {n: i for i, n in enumerate(names)}
-        for joint in self.profile.joint_names:
-            if joint not in index:
-                self.counters["joint_state_rejected"] += 1
-                raise UnknownJointError("joint_states (missing)", joint, list(names))
-        q = np.array([positions[index[j]] for j in self.profile.joint_names], dtype=float)
-        if not np.all(np.isfinite(q)):
+        """Raises ``UnknownJointError`` or ``JointStateError`` for a state the gate cannot use (counted)."""
+        try:
+            q = joint_vector(self.profile.joint_names, names, positions)
+        except TetherError:
             self.counters["joint_state_rejected"] += 1
-            raise ChunkRejected("non_finite", "joint_states contain NaN or inf")
+            raise
         self._measured, self._state_stamp = q, stamp
 
     def on_chunk(

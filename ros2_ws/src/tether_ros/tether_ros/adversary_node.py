@@ -25,6 +25,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from tether.attack import REFUSAL, ChunkAttack
 from tether.gate_soak import SoakRecord
+from tether.joint_state import joint_vector
 from tether.robot_profile import load_profile
 from tether_ros.conversions import (
     COMMAND_QOS,
@@ -73,8 +74,7 @@ class AdversaryNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_state(self, msg: JointState) -> None:
-        index = {n: i for i, n in enumerate(msg.name)}
-        self._state = np.array([msg.position[index[j]] for j in self.profile.joint_names])
+        self._state = joint_vector(self.profile.joint_names, msg.name, msg.position)
 
     def _on_command(self, msg: JointTrajectory) -> None:
         if msg.points and self._armed.is_set():

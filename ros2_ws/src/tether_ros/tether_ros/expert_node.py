@@ -18,8 +18,11 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from tether.errors import TetherError
+from tether.joint_state import joint_vector
 from tether.robot_profile import load_profile
 from tether.sim.expert import PickPlaceExpert
+from tether_ros.bad_input import BadInputReport
 from tether_ros.conversions import (
     COMMAND_QOS,
     OBJECT_POSE,
@@ -48,7 +51,8 @@ class ExpertNode(Node):
         self.create_subscription(PoseStamped, OBJECT_POSE, self._on_object, 10)
         self.create_subscription(PoseStamped, TARGET_POSE, self._on_target, 10)
         self.create_service(Trigger, "~/reset", self._reset)
-        self._state: JointState | None = None
+        self._state: tuple[float, np.ndarray] | None = None  # (stamp, joint vector) of the latest state
+        self.bad_input = BadInputReport(self)
         self._object: PoseStamped | None = None
         self._target: PoseStamped | None = None
         self._episode_start: float | None = None
@@ -58,8 +62,13 @@ class ExpertNode(Node):
         self._realtime()
         # Act on a fresh state rather than on a timer: the chunk then starts from an observation
         # that is microseconds old, not up to one state period old.
-        self._state = msg
+        try:
+            q = joint_vector(self.profile.joint_names, msg.name, msg.position, self.profile.joint_states_topic)
+        except TetherError as exc:
+            self.bad_input.refuse(self.profile.joint_states_topic, exc)
+            return
         stamp = to_sec(msg.header.stamp)
+        self._state = (stamp, q)
         if stamp - self._last_act >= self.period - 1e-3 or stamp < self._last_act:
             self._last_act = stamp
             self._act()
@@ -80,11 +89,9 @@ class ExpertNode(Node):
     def _act(self) -> None:
         if self._state is None or self._object is None or self._target is None:
             return
-        stamp = to_sec(self._state.header.stamp)
+        stamp, q = self._state
         if self._episode_start is None:
             self._episode_start = stamp
-        index = {n: i for i, n in enumerate(self._state.name)}
-        q = np.array([self._state.position[index[j]] for j in self.profile.joint_names])
         p, o = self._object.pose.position, self._object.pose.orientation
         t = self._target.pose.position
         action = self.expert.act(

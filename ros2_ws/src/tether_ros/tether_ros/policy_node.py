@@ -33,6 +33,8 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from tether.errors import UnknownJointError
+from tether.joint_state import JointStateError, joint_vector
 from tether.policy_runtime.runtime import (
     DEFAULT_THREADS,
     InferenceResult,
@@ -128,7 +130,7 @@ class PolicyNode(Node):
             return
         try:
             obs = self._observation(msg, stamp)
-        except ObservationError as exc:
+        except (ObservationError, UnknownJointError, JointStateError) as exc:
             self._skip("observation_refused", str(exc))
             return
         if obs is not None:
@@ -136,11 +138,7 @@ class PolicyNode(Node):
             self.worker.submit(obs)
 
     def _observation(self, msg: JointState, stamp: float) -> Observation | None:
-        index = {n: i for i, n in enumerate(msg.name)}
-        missing = [j for j in self.profile.joint_names if j not in index]
-        if missing:
-            raise ObservationError(f"joint_states lack {', '.join(missing)}; they have {', '.join(msg.name)}")
-        q = np.array([msg.position[index[j]] for j in self.profile.joint_names])
+        q = joint_vector(self.profile.joint_names, msg.name, msg.position, self.profile.joint_states_topic)
         images = {}
         for cam in self.cameras:
             img = self._images.get(cam)

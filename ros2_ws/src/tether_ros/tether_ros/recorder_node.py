@@ -43,6 +43,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from tether.errors import TetherError, WriterProcessError
+from tether.joint_state import joint_vector
 from tether.robot_profile import load_profile
 from tether.teleop.dataset import DatasetSpec
 from tether.teleop.dataset.layout import Layout
@@ -50,6 +51,7 @@ from tether.teleop.dataset.writer import check_on_abort
 from tether.teleop.mcap_log import TopicQos
 from tether.teleop.recorder import FrameSampler
 from tether.teleop.writer_process import WriterProcess
+from tether_ros.bad_input import BadInputReport
 from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, STATE_QOS, camera_topic
 from tether_ros.spin import run
 
@@ -84,6 +86,7 @@ class RecorderNode(Node):
         self.on_abort = check_on_abort(str(p("on_abort", "truncate").value))
         self.writer = WriterProcess.start(root, spec, log_images=log_images)  # opens the dataset in the background
         self.sampler = FrameSampler(list(spec.cameras), fps, autonomous_source=str(p("autonomous_source", "expert").value))
+        self.bad_input = BadInputReport(self)
         self.recording = False
         self.finished = False  # set when the writer process is lost: the process then exits 1
         self.exit_code = 0
@@ -147,9 +150,12 @@ class RecorderNode(Node):
     def _on_state(self, cdr: bytes) -> None:
         msg = deserialize_message(cdr, JointState)
         self._log(self.profile.joint_states_topic, cdr, _ns(msg.header.stamp))
-        index = {n: i for i, n in enumerate(msg.name)}
-        if all(j in index for j in self.profile.joint_names):
-            self.sampler.on_state(np.array([msg.position[index[j]] for j in self.profile.joint_names]), _ns(msg.header.stamp))
+        try:  # logged as it came; a state the dataset cannot use is refused out loud
+            q = joint_vector(self.profile.joint_names, msg.name, msg.position, self.profile.joint_states_topic)
+        except TetherError as exc:
+            self.bad_input.refuse(self.profile.joint_states_topic, exc)
+            return
+        self.sampler.on_state(q, _ns(msg.header.stamp))
 
     def _on_command(self, cdr: bytes) -> None:
         msg = deserialize_message(cdr, JointTrajectory)

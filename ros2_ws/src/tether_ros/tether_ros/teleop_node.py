@@ -38,10 +38,12 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from tether.errors import DeviceNotFoundError, TetherError
+from tether.joint_state import joint_vector
 from tether.robot_profile import load_profile
 from tether.sim.expert import PickPlaceExpert
 from tether.teleop.leader import LeaderArm
 from tether.teleop.operator import HUMAN_DEVICES, Operator, make_device
+from tether_ros.bad_input import BadInputReport
 from tether_ros.conversions import (
     COMMAND_QOS,
     OBJECT_POSE,
@@ -68,6 +70,7 @@ class TeleopNode(Node):
             raise TetherError(f"unknown teleop device '{self.device_name}'; devices: {', '.join(DEVICES)}")
         self.takeover_after = float(p("takeover_after", 2.0).value)
         self.pub = tolerant_publisher(self, JointTrajectory, source_topic("teleop"), COMMAND_QOS)
+        self.bad_input = BadInputReport(self)
         self.takeover = self.create_client(Trigger, "/gate/takeover")
         self.handback = self.create_client(Trigger, "/gate/handback")
         self.create_service(Trigger, "~/reset", self._reset)
@@ -127,13 +130,17 @@ class TeleopNode(Node):
 
     def _on_leader(self, msg: JointState) -> None:
         assert self.operator is not None and isinstance(self.operator.device, LeaderArm)
-        self.operator.device.update(list(msg.name), list(msg.position), to_sec(msg.header.stamp))
+        try:
+            self.operator.device.update(list(msg.name), list(msg.position), to_sec(msg.header.stamp))
+        except TetherError as exc:
+            self.bad_input.refuse("leader joint_states", exc)
 
     def _on_state(self, msg: JointState) -> None:
-        index = {n: i for i, n in enumerate(msg.name)}
-        if any(j not in index for j in self.profile.joint_names):
+        try:
+            q = joint_vector(self.profile.joint_names, msg.name, msg.position, self.profile.joint_states_topic)
+        except TetherError as exc:
+            self.bad_input.refuse(self.profile.joint_states_topic, exc)
             return
-        q = np.array([msg.position[index[j]] for j in self.profile.joint_names])
         stamp = to_sec(msg.header.stamp)
         if self.operator is not None:
             self._state = (stamp, q)
