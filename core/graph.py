@@ -108,6 +108,7 @@ def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
                 "seed": a.seed,
                 "camera_width": a.camera_width,
                 "camera_height": a.camera_height,
+                "hold_after_reset": True,  # the session starts each episode once every node is reset
             },
         ),
         NodeSpec(f"{a.source}_node", a.source, _source_parameters(a)),

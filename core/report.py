@@ -220,3 +220,10 @@ def write_benchmark(results: dict[str, Any], json_path: Path, markdown: str) -> 
     md = json_path.with_suffix(".md")
     md.write_text(markdown)
     return md
+
+
+def dropped_frames(commit: str) -> int:
+    """Frames a recorder counted as dropped, from its commit message in ``meta.recorder_commits``
+    (``episode=0 frames=212 dropped=camera_gap:2,stale_state:1 ...``; ``dropped=none``)."""
+    counts = commit.split("dropped=")[1].split()[0]
+    return 0 if counts == "none" else sum(int(item.split(":")[1]) for item in counts.split(","))

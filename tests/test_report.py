@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from tether.report import EpisodeResult, MachineTiming, RehearsalReport
+from tether.report import EpisodeResult, MachineTiming, RehearsalReport, dropped_frames
 
 
 def test_report_summarizes_outcomes_latency_and_timing(tmp_path) -> None:
@@ -55,3 +55,8 @@ def test_the_report_says_how_busy_the_machine_was_and_how_the_twin_kept_up(tmp_p
     assert "| twin real-time factor (sim s per wall s) | p50 0.90, min 0.62; sim time slipped 1.25 s |" in md
     assert "| camera frames rendered / skipped | 300 / 100 (25.0 % skipped) |" in md
     assert "| machine load (1-min average) | p50 4.00, max 6.00 on 2 CPUs |" in md
+
+
+def test_dropped_frames_are_read_from_a_recorder_commit_message() -> None:
+    assert dropped_frames("episode=0 frames=212 dropped=none commit_s=0.3") == 0
+    assert dropped_frames("episode=3 frames=190 dropped=camera_gap:2,stale_state:1 commit_s=0.5") == 3

@@ -17,9 +17,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tether.cli import main
+from tether.report import dropped_frames
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +53,21 @@ def test_rehearse_and_collect_complete_beside_cpu_hogs(cpu_hogs: int, tmp_path: 
     _write_summary(cpu_hogs, reports)
     assert reports["rehearse"]["episodes"] == 5 and reports["rehearse"]["successes"] >= 4
     assert reports["collect"]["episodes"] == 3 and len(reports["collect"]["meta"]["recorder_commits"]) == 3
+    _assert_every_frame_recorded_or_counted(tmp_path / "dataset", reports["collect"])
     for report in reports.values():  # the report says how busy the machine was and how the twin kept up
         machine = report["machine"]
         assert machine["twin_realtime_factor"]["p50"] is not None
         assert machine["camera_frames"]["rendered"] > 0
         if cpu_hogs:
             assert machine["load_average_1min"]["max"] >= machine["load_average_1min"]["cpus"]
+
+
+def _assert_every_frame_recorded_or_counted(dataset: Path, report: dict) -> None:
+    """An episode holds every frame from the twin's start to its success, or counts the missing ones as dropped."""
+    lengths = pq.read_table(next((dataset / "meta" / "episodes").glob("*/*.parquet"))).column("length").to_pylist()
+    for length, episode, commit in zip(lengths, report["episode_detail"], report["meta"]["recorder_commits"]):
+        counted = dropped_frames(commit)
+        assert length + counted >= round(episode["duration_s"] * 30) - 1, (length, counted, episode)
 
 
 def _write_summary(hogs: int, reports: dict[str, dict]) -> None:

@@ -131,8 +131,8 @@ class SessionNode(Node):
 
     def _session_clients(self) -> dict[str, Client]:
         """The services this session calls, and only those (each one is work for every spin)."""
-        services = {"twin_reset": "/twin/reset", "success": "/twin/success", "source_reset": f"/{self.source}/reset",
-                    "gate_reset": "/gate/reset"}
+        services = {"twin_reset": "/twin/reset", "twin_start": "/twin/start", "success": "/twin/success",
+                    "source_reset": f"/{self.source}/reset", "gate_reset": "/gate/reset"}
         if self.record:
             services.update(record_begin="/recorder/begin", record_success="/recorder/commit_success",
                             record_failure="/recorder/commit_failure", record_discard="/recorder/discard")
@@ -230,6 +230,7 @@ class SessionNode(Node):
                 self._video = VideoWriter(self.report_dir / f"episode_{index:03d}.mp4", fps=30)
         if self.record:
             self._call("record_begin")
+        self._call("twin_start")  # a twin with hold_after_reset stood still until now: episode time 0 is here
         self._last_command = None
         self._events.clear()  # a button pressed between episodes does not end the next one
         self._recording = True

@@ -4,8 +4,14 @@ Publishes ``/joint_states`` (stamped with the simulated capture time), camera
 images and CameraInfo for every profile camera, the cube and target poses on
 ``/tether/sim/*`` (privileged, for scripted experts only) and, optionally,
 ``/clock``. Executes JointTrajectory on the profile's command topic with
-JointTrajectoryController semantics. Services: ``~/reset`` (next seed) and
-``~/success`` (its message: JSON with the conditions missed and the object's distance to the target).
+JointTrajectoryController semantics. Services: ``~/reset`` (next seed),
+``~/success`` (its message: JSON with the conditions missed and the object's distance to the target)
+and ``~/start``.
+
+With ``hold_after_reset`` the world stands still after a reset (time passes, the scene does not
+move, no frame is drawn) until ``~/start``: a session resets the twin, the sources, the gate and
+the recorder one after another, and on a busy machine that chain took ~1 s of sim time, which the
+episode's first frames then lacked. Held, episode time 0 is when everything is ready.
 
 Physics is stepped to keep pace with the clock (real time); with
 ``publish_clock`` it runs free and drives ``/clock`` for ``use_sim_time`` graphs.
@@ -79,6 +85,8 @@ class TwinNode(Node):
         # Sim time one tick may step to catch up with the clock; beyond it, sim time slips.
         self.max_catchup = float(p("max_catchup_s", 0.05).value)
         self.late_frames = str(p("late_frames", "slow_down").value)
+        self.hold_after_reset = bool(p("hold_after_reset", False).value)
+        self.held = False  # the world stands still until ~/start (see hold_after_reset)
         if self.late_frames not in LATE_FRAMES:
             raise ConfigError(f"twin: late_frames '{self.late_frames}' is not one of {', '.join(LATE_FRAMES)}")
         # The state loop is the robot: it runs ahead of rendering and everything else on the machine.
@@ -102,6 +110,7 @@ class TwinNode(Node):
         self.create_subscription(JointTrajectory, self.profile.command_topic, self._on_command, COMMAND_QOS)
         self.create_service(Trigger, "~/reset", self._reset)
         self.create_service(Trigger, "~/success", self._success)
+        self.create_service(Trigger, "~/start", self._start)
         self._wall_clock = RosClock(clock_type=ClockType.SYSTEM_TIME)
         self._t0 = self._wall()  # clock time at which sim time 0 happened
         self.follower = TrajectoryFollower(self.twin.joint_positions(), self._t0)
@@ -141,6 +150,9 @@ class TwinNode(Node):
 
     def _tick(self) -> None:
         self._realtime()
+        if self.held:
+            self._hold()
+            return
         target_time = self._target_time()
         start = time.perf_counter()
         dt = float(self.twin.model.opt.timestep)
@@ -150,6 +162,17 @@ class TwinNode(Node):
             self._stepped += dt
             self._frame_due = self.publish_cameras and self.twin.time >= self._next_camera - dt / 2
         self._busy += time.perf_counter() - start
+        stamp = self._sim_stamp()
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=to_stamp(stamp)))
+        self._publish_state(stamp)
+        self._publish_poses(stamp)
+
+    def _hold(self) -> None:
+        """A held world: joint states and poses go on (on the wall clock with fresh stamps, as a robot
+        standing still); nothing is stepped, so sim time and /clock stay where the reset left them."""
+        if not self.publish_clock:
+            self._t0 = self._wall() - self.twin.time
         stamp = self._sim_stamp()
         if self.clock_pub is not None:
             self.clock_pub.publish(Clock(clock=to_stamp(stamp)))
@@ -228,7 +251,15 @@ class TwinNode(Node):
         self._next_camera = 0.0
         self._frame_due = False
         self.cameras.clear()
+        self.held = self.hold_after_reset
         res.success, res.message = True, f"seed={seed}"
+        return res
+
+    def _start(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        if not self.publish_clock:
+            self._t0 = self._wall() - self.twin.time  # the world moves on from where it stood, no catch-up
+        self.held = False
+        res.success, res.message = True, f"running from t={self.twin.time:.3f}"
         return res
 
     def _success(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
