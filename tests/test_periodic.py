@@ -22,7 +22,10 @@ def test_a_stalled_tick_skips_the_deadlines_it_missed_instead_of_bunching_them()
     loop.stop()
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert gaps[4] >= 0.1  # the stall
-    assert min(gaps[5:10]) > 0.002  # after it: back on the 5 ms grid, not a burst of 20 catch-up ticks
+    # After it: back on the 5 ms grid, not a burst of 20 catch-up ticks. Counted, not timed per gap: on a
+    # busy machine a late tick may fall just before the next deadline, which is still the grid.
+    resumed = starts[5]
+    assert sum(resumed <= t < resumed + 0.05 for t in starts) <= 11
     assert loop.missed >= 19 and not loop.running
 
 
