@@ -244,3 +244,31 @@ def test_package_xml_is_format_3_ament_python(monkeypatch: pytest.MonkeyPatch) -
     assert root.findtext("version") == _setup_kwargs(monkeypatch)["version"]
     exec_depends = {e.text for e in root.findall("exec_depend")}
     assert {"rclpy", "launch", "launch_ros"} <= exec_depends
+
+
+def test_launch_files_are_data_files_of_the_share_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `ros2 launch tether_ros <file>` looks in <prefix>/share/tether_ros/launch.
+    kw = _setup_kwargs(monkeypatch)
+    data_files = {dest: list(srcs) for dest, srcs in kw["data_files"]}
+    installed = data_files[f"share/{PKG_NAME}/launch"]
+    assert sorted(Path(s).name for s in installed) == sorted(p.name for p in (ROOT / "launch").glob("*.launch.py"))
+    assert all((PKG / s).resolve().parent == ROOT / "launch" for s in installed)
+
+
+def test_a_built_package_installs_its_launch_files(tmp_path: Path) -> None:
+    """Build a wheel of a copy of the package (a build leaves build/ and egg-info beside setup.py) and
+    look for the launch files where an install puts them."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    copy = tmp_path / "ros2_ws" / "src" / PKG_NAME
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copytree(ROOT / "launch", tmp_path / "launch")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(copy)],
+                   check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    share = f"{PKG_NAME}-0.1.0.data/data/share/{PKG_NAME}/launch/"
+    names = {n.removeprefix(share) for n in zipfile.ZipFile(wheel).namelist() if n.startswith(share)}
+    assert names == {"sim_rehearsal.launch.py", "teleop_collect.launch.py"}
