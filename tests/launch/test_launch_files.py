@@ -53,6 +53,14 @@ class _Shutdown(_Recorded):
     pass
 
 
+class _RegisterEventHandler(_Recorded):
+    pass
+
+
+class _OnProcessExit(_Recorded):
+    pass
+
+
 class _Node(_Recorded):
     pass
 
@@ -76,7 +84,9 @@ def _stub_modules() -> dict[str, types.ModuleType]:
             "DeclareLaunchArgument": _DeclareLaunchArgument,
             "OpaqueFunction": _OpaqueFunction,
             "Shutdown": _Shutdown,
+            "RegisterEventHandler": _RegisterEventHandler,
         },
+        "launch.event_handlers": {"OnProcessExit": _OnProcessExit},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {},
         "launch_ros.actions": {"Node": _Node},
@@ -88,6 +98,7 @@ def _stub_modules() -> dict[str, types.ModuleType]:
         modules[name] = module
     modules["launch"].actions = modules["launch.actions"]  # type: ignore[attr-defined]
     modules["launch"].substitutions = modules["launch.substitutions"]  # type: ignore[attr-defined]
+    modules["launch"].event_handlers = modules["launch.event_handlers"]  # type: ignore[attr-defined]
     modules["launch_ros"].actions = modules["launch_ros.actions"]  # type: ignore[attr-defined]
     return modules
 
