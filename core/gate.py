@@ -24,6 +24,7 @@ from tether.errors import ConfigError, UnknownJointError
 from tether.robot_profile import RobotProfile
 from tether.safety import (
     ChunkRejected,
+    PointRows,
     RateLimiter,
     SafetyFilter,
     SafetyLimits,
@@ -108,7 +109,7 @@ class Gate:
         joint_names: Sequence[str],
         start: float,
         times: Sequence[float],
-        positions: Sequence[Sequence[float]],
+        positions: PointRows,
         now: float,
     ) -> bool:
         """Accept a chunk; returns False when ``source`` is not the active one. Raises ChunkRejected."""
