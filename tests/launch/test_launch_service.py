@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +48,7 @@ def ament_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return prefix
 
 
-def _nodes(build: object) -> list[NodeSpec]:
+def _nodes(build: Callable[[Any], list[NodeSpec]]) -> list[NodeSpec]:
     import dataclasses
     import typing
 
@@ -57,7 +59,7 @@ def _nodes(build: object) -> list[NodeSpec]:
     variants = [args_type()]
     if "source" in {f.name for f in dataclasses.fields(args_type)}:
         variants.append(args_type(source="policy"))
-    return [n for a in variants for n in build(a)]  # type: ignore[operator]
+    return [n for a in variants for n in build(a)]
 
 
 def _launch(file: str, arguments: dict[str, str]) -> int:
