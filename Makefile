@@ -37,8 +37,10 @@ test-load: install
 demo: install
 	$(BIN)/tether rehearse --robot so101 --task pick_place --source expert --episodes 20 --seed 0 --report runs/demo
 
+# The core and the ROS 2 nodes (rclpy's wheels carry no type stubs: ignore_missing_imports in pyproject).
 typecheck: install
 	$(BIN)/python -m mypy -p tether
+	$(BIN)/python -m mypy ros2_ws/src/tether_ros/tether_ros
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import TetherError
-from tether.graph import CLOCKS, ON_ABORT, NodeSpec
+from tether.graph import NodeSpec
+from tether.graph_args import graph_arguments
 from tether.policy_runtime import threads
 from tether.policy_runtime.commands import add_export, add_train
-from tether.policy_runtime.scheduler import MODES
 from tether.preflight import Preflight, UsageError
 
 if TYPE_CHECKING:
@@ -43,27 +44,33 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+# CLI spellings kept beside the launch argument's own (--dataset, --linger-s): the names people know.
+_ALIASES = {"dataset": ("--out",), "linger_s": ("--linger",)}
+# Arguments whose bad value the preflight refuses in its one line (argparse would print its usage).
+_CHECKED_BY_PREFLIGHT = {"source", "device"}
+
+
+def _add_graph_arguments(p: argparse.ArgumentParser, args_type: type) -> None:
+    """One flag per graph argument, with the launch argument's name, default, help and choices
+    (tether.graph_args: the launch files declare the very same list)."""
+    for g in graph_arguments(args_type):
+        flags = (g.flag, *_ALIASES.get(g.name, ()))
+        if g.kind is bool:
+            p.add_argument(*flags, dest=g.name, action=argparse.BooleanOptionalAction, default=g.default, help=g.help)
+            continue
+        checked_here = g.choices and g.name not in _CHECKED_BY_PREFLIGHT
+        text = g.help if checked_here or not g.choices else f"{g.help}: {', '.join(g.choices)}"
+        p.add_argument(*flags, dest=g.name, type=g.kind, default=g.default, help=text,
+                       choices=g.choices if checked_here else None)
+    p.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None,
+                   help="shorthand for --camera-width W --camera-height H (e.g. 128 128)")
+
+
 def _add_rehearse(sub: argparse._SubParsersAction) -> None:
+    from tether.graph import RehearsalArgs
+
     r = sub.add_parser("rehearse", help="run the full ROS 2 graph against the twin and write a report")
-    _common(r)
-    r.add_argument("--source", default="expert", help="the action source: expert or policy")
-    r.add_argument("--policy", type=Path, default=None, metavar="MODEL_DIR",
-                   help="with --source policy: the model folder (manifest.json + .onnx; default: the shipped model); "
-                        "the twin's cameras render at the model's image size")
-    r.add_argument("--replan-hz", type=float, default=0.0,
-                   help="with --source policy: inferences a second (default: the policy node's 10 Hz)")
-    r.add_argument("--scheduler", choices=MODES, default=None,
-                   help="with --source policy: how chunks become commands (default: ensemble for ACT, "
-                        "switch for diffusion)")
-    r.add_argument("--episodes", type=int, default=20)
-    r.add_argument("--report", type=Path, default=Path("runs/rehearsal"))
-    r.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None,
-                   help="override the profile's camera size (e.g. 128 128)")
-    r.add_argument("--episode-timeout", type=float, default=20.0)
-    r.add_argument("--video-episodes", type=int, default=1)
-    r.add_argument("--clock", choices=CLOCKS, default="wall",
-                   help="wall (default): the twin keeps real time, as a robot would, and the report measures "
-                        "latency; sim: the twin drives /clock and a busy machine slows the simulated world instead")
+    _add_graph_arguments(r, RehearsalArgs)
     r.set_defaults(func=_rehearse)
 
 
@@ -122,10 +129,11 @@ def _rehearse(a: argparse.Namespace) -> int:
     from tether.graph import rehearsal_graph
 
     args = _rehearsal_args(a)
-    code = _run("rehearse", rehearsal_graph(args), a.report, _hang_guard(a.episodes * (a.episode_timeout + 10.0)))
+    report = Path(args.report)
+    code = _run("rehearse", rehearsal_graph(args), report, _hang_guard(a.episodes * (a.episode_timeout + 10.0)))
     if code != 0:
         return code
-    summary = json.loads((a.report / "report.json").read_text())
+    summary = json.loads((report / "report.json").read_text())
     lat = summary["latency_ms"]["obs_to_command"]
     lo, hi = summary["ci95"]
     print(f"success {summary['successes']}/{summary['episodes']} = {summary['success_rate']:.2f} "
@@ -133,7 +141,7 @@ def _rehearse(a: argparse.Namespace) -> int:
           f"p99 {lat.get('p99') or float('nan'):.1f} ms; command rate {summary['command_rate_hz']:.0f} Hz")
     if summary["failures"]:
         print("failed episodes missed: " + ", ".join(f"{k} {n}" for k, n in summary["failures"].items()))
-    print(f"report: {a.report / 'report.md'}")
+    print(f"report: {report / 'report.md'}")
     return 0
 
 
@@ -148,25 +156,50 @@ def _rehearsal_args(a: argparse.Namespace) -> RehearsalArgs:
     check.not_negative("--video-episodes", a.video_episodes)
     check.not_negative("--replan-hz", a.replan_hz, " inferences a second (0: the policy node's default)")
     profile = _profile_and_task(check, a)
-    check.writable_folder("--report", a.report)
-    w, h = a.camera_size or (0, 0)
+    check.writable_folder("--report", Path(a.report))
+    size = _camera_size(check, a)
+    w, h = size or (0, 0)
     model = ""
     if a.source == "policy":
-        model, (w, h) = _policy_model(check, a.policy, profile, a.camera_size)
-    elif a.policy is not None or a.replan_hz or a.scheduler:
+        model, (w, h) = _policy_model(check, Path(a.policy) if a.policy else None, profile, size)
+    elif a.policy or a.replan_hz or a.scheduler:
         check.refuse(f"--policy, --replan-hz and --scheduler are for --source policy (the source is '{a.source}')")
-    return RehearsalArgs(
-        robot=a.robot, task=a.task, source=a.source, episodes=a.episodes, seed=a.seed,
-        report=str(a.report.resolve()), camera_width=w, camera_height=h,
-        episode_timeout=a.episode_timeout, video_episodes=a.video_episodes, policy=model, replan_hz=a.replan_hz,
-        scheduler=a.scheduler or "", clock=a.clock,
-    )
+    return dataclasses.replace(_graph_args(RehearsalArgs, a), report=str(Path(a.report).resolve()),
+                               camera_width=w, camera_height=h, policy=model)
+
+
+def _graph_args(args_type: type, a: argparse.Namespace) -> Any:
+    """The graph's arguments as given on the command line (one flag per field)."""
+    return args_type(**{f.name: getattr(a, f.name) for f in dataclasses.fields(args_type)})
+
+
+def _camera_size(check: Preflight, a: argparse.Namespace) -> list[int] | None:
+    """--camera-size W H, or --camera-width and --camera-height (both, or neither: the profile's)."""
+    given = (a.camera_width, a.camera_height)
+    if a.camera_size is not None and any(given):
+        check.refuse("give --camera-size or --camera-width/--camera-height, not both")
+    if a.camera_size is None and any(given):
+        check.image_size("--camera-width/--camera-height", list(given))
+        return list(given)
+    return [int(v) for v in a.camera_size] if a.camera_size is not None else None
+
+
+def _check_deployment(check: Preflight, a: argparse.Namespace) -> None:
+    """--namespace is a ROS namespace and --params-file a file, before any node starts."""
+    from tether.graph import ros_namespace
+
+    with check.about("--namespace"):
+        ros_namespace(a.namespace)
+    if a.params_file and not Path(a.params_file).is_file():
+        check.refuse(f"--params-file {a.params_file}: no such file; give a ROS parameters YAML")
 
 
 def _check_run_lengths(check: Preflight, a: argparse.Namespace) -> None:
     check.at_least("--episodes", a.episodes, 1)
     check.positive("--episode-timeout", a.episode_timeout, " seconds")
+    check.positive("--gate-rate-hz", a.gate_rate_hz, " commands a second")
     check.image_size("--camera-size", a.camera_size)
+    _check_deployment(check, a)
 
 
 def _profile_and_task(check: Preflight, a: argparse.Namespace) -> RobotProfile:
@@ -252,37 +285,10 @@ def _bench_sim(a: argparse.Namespace) -> int:
 
 
 def _add_collect(sub: argparse._SubParsersAction) -> None:
+    from tether.graph import CollectArgs
+
     c = sub.add_parser("collect", help="teleoperate or run the expert and record every episode to a LeRobot v3 dataset")
-    _common(c)
-    c.add_argument("--device", default="expert",
-                   help="expert: the scripted expert alone; replay: a replayed human takes over mid-episode; "
-                        "keyboard (this terminal), gamepad (evdev), spacemouse (hidapi), leader (a leader arm's "
-                        "joint states on /leader/joint_states): the autonomous source drives until you take over")
-    c.add_argument("--device-path", default="",
-                   help="gamepad: /dev/input/eventN, spacemouse: a hidraw path (default: the first found)")
-    c.add_argument("--takeover-after", type=float, default=2.0, help="replay: seconds into each episode")
-    c.add_argument("--autonomous", default="expert", choices=("expert", "policy"),
-                   help="who drives until the device takes over; policy: record corrections of a learned "
-                        "policy (its own commands are labelled control_source=policy and are not trained on)")
-    c.add_argument("--policy", type=Path, default=None, metavar="MODEL_DIR",
-                   help="with --autonomous policy: the model folder (default: the shipped model); the twin's "
-                        "cameras render at the model's image size")
-    c.add_argument("--linger", type=float, default=0.0,
-                   help="seconds to keep recording after success, so demos hold the release and retreat")
-    c.add_argument("--episodes", type=int, default=20)
-    c.add_argument("--out", type=Path, default=Path("runs/dataset"), help="dataset folder: new, empty, or a dataset to append to")
-    c.add_argument("--report", type=Path, default=None, help="report folder (default: <out>_report)")
-    c.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None)
-    c.add_argument("--episode-timeout", type=float, default=20.0)
-    c.add_argument("--mcap-images", action="store_true",
-                   help="also log raw camera images in the MCAP log (~3.3 GB/min at 2x640x480; slows a 2-core machine)")
-    c.add_argument("--clock", choices=CLOCKS, default=None,
-                   help="sim: the twin drives /clock and the whole graph runs on it, so a busy or slow machine "
-                        "slows the simulated world and no frame is lost; wall: real time, which a person at a "
-                        "device needs (default: sim for --device expert and replay, wall for the others)")
-    c.add_argument("--on-abort", choices=ON_ABORT, default="truncate",
-                   help="when the session fails mid-episode: commit that episode marked truncated (outcome "
-                        "unknown), or discard it")
+    _add_graph_arguments(c, CollectArgs)
     c.set_defaults(func=_collect)
 
 
@@ -293,10 +299,10 @@ def _collect(a: argparse.Namespace) -> int:
     args = _collect_args(a)
     report = Path(args.report)
     code = _run("collect", collect_graph(args), report,
-                _hang_guard(a.episodes * (a.episode_timeout + a.linger + 20.0)))
+                _hang_guard(a.episodes * (a.episode_timeout + a.linger_s + 20.0)))
     if code != 0:
         return code
-    print(info(a.out))
+    print(info(args.dataset))
     return 0
 
 
@@ -307,33 +313,25 @@ def _collect_args(a: argparse.Namespace) -> CollectArgs:
     check = Preflight("collect")
     _check_run_lengths(check, a)
     check.not_negative("--takeover-after", a.takeover_after, " seconds")
-    check.not_negative("--linger", a.linger, " seconds")
+    check.not_negative("--linger", a.linger_s, " seconds")
     profile = _profile_and_task(check, a)
-    check.dataset_to_append("--out", a.out)
-    out = a.out.resolve()
-    report = a.report or out.with_name(out.name + "_report")
+    given = Path(a.dataset)
+    check.dataset_to_append("--out", given)
+    out = given.resolve()
+    report = Path(a.report) if a.report else out.with_name(out.name + "_report")
     check.writable_folder("--report", report)
-    check.outside("--report", report, "--out", a.out)
-    w, h = a.camera_size or (0, 0)
+    check.outside("--report", report, "--out", given)
+    size = _camera_size(check, a)
+    w, h = size or (0, 0)
     model = ""
     if a.autonomous == "policy":
-        model, (w, h) = _policy_model(check, a.policy, profile, a.camera_size)
-    elif a.policy is not None:
+        model, (w, h) = _policy_model(check, Path(a.policy) if a.policy else None, profile, size)
+    elif a.policy:
         check.refuse("--policy is for --autonomous policy (the expert drives otherwise)")
     with check.about("--device"):
         device_path = _check_device(a.device, a.device_path, profile)
-    return CollectArgs(
-        robot=a.robot, task=a.task, device=a.device, episodes=a.episodes, seed=a.seed,
-        dataset=str(out), report=str(report.resolve()), camera_width=w, camera_height=h,
-        episode_timeout=a.episode_timeout, takeover_after=a.takeover_after, mcap_images=a.mcap_images,
-        linger_s=a.linger, device_path=device_path,
-        autonomous=a.autonomous, policy=model, on_abort=a.on_abort, clock=a.clock or _collect_clock(a.device),
-    )
-
-
-def _collect_clock(device: str) -> str:
-    """Unattended collection runs on sim time (nothing lost on a slow machine); a person needs real time."""
-    return "sim" if device in ("expert", "replay") else "wall"
+    return dataclasses.replace(_graph_args(CollectArgs, a), dataset=str(out), report=str(report.resolve()),
+                               camera_width=w, camera_height=h, device_path=device_path, policy=model)
 
 
 def _check_device(device: str, path: str, profile: object) -> str:

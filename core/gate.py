@@ -25,6 +25,7 @@ from tether.joint_state import joint_vector
 from tether.robot_profile import RobotProfile
 from tether.safety import (
     ChunkRejected,
+    PointRows,
     RateLimiter,
     SafetyFilter,
     SafetyLimits,
@@ -106,7 +107,7 @@ class Gate:
         joint_names: Sequence[str],
         start: float,
         times: Sequence[float],
-        positions: Sequence[Sequence[float]],
+        positions: PointRows,
         now: float,
     ) -> bool:
         """Accept a chunk; returns False when ``source`` is not the active one. Raises ChunkRejected."""

@@ -8,9 +8,11 @@ processes of the project's venv. Neither adds or drops a node.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from tether.errors import TetherError
+from tether.graph_args import arg
 
 PACKAGE = "tether_ros"
 ParamValue = bool | int | float | str | list[str]
@@ -26,6 +28,8 @@ class NodeSpec:
     terminal: bool = False
     # Nodes with the same non-empty ``process`` share one process (tether_ros.container).
     process: str = ""
+    namespace: str = ""  # "" or "/ns": every topic and service of the graph is relative, so it moves along
+    params_file: str = ""  # a ROS parameters YAML: sets what the graph's own parameters leave unset
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class ProcessSpec:
     package: str = PACKAGE
     terminal: bool = False
     remap_name: bool = True  # a lone node takes ``name``; a container's nodes keep their own
+    namespace: str = ""
+    params_file: str = ""
 
 
 def processes(nodes: list[NodeSpec]) -> list[ProcessSpec]:
@@ -50,7 +56,8 @@ def processes(nodes: list[NodeSpec]) -> list[ProcessSpec]:
 
 
 def _single(spec: NodeSpec) -> ProcessSpec:
-    return ProcessSpec(spec.name, spec.executable, [], dict(spec.parameters), spec.package, spec.terminal)
+    return ProcessSpec(spec.name, spec.executable, [], dict(spec.parameters), spec.package, spec.terminal,
+                       namespace=spec.namespace, params_file=spec.params_file)
 
 
 def _container(name: str, specs: list[NodeSpec]) -> ProcessSpec:
@@ -62,26 +69,8 @@ def _container(name: str, specs: list[NodeSpec]) -> ProcessSpec:
                                   f"({merged[key]!r} vs {value!r}); parameters apply to every node in a process")
             merged[key] = value
     return ProcessSpec(name, "container", [s.executable for s in specs], merged,
-                       terminal=any(s.terminal for s in specs), remap_name=False)
-
-
-@dataclass(frozen=True)
-class RehearsalArgs:
-    robot: str = "so101"
-    task: str = "pick_place"
-    source: str = "expert"
-    episodes: int = 2
-    seed: int = 0
-    report: str = "runs/rehearsal"
-    camera_width: int = 0  # 0: the profile's size
-    camera_height: int = 0
-    episode_timeout: float = 20.0
-    gate_rate_hz: float = 200.0
-    video_episodes: int = 1
-    policy: str = ""  # source "policy": its model folder ("": the model shipped with the repo)
-    replan_hz: float = 0.0  # source "policy": inferences a second (0: the policy node's default)
-    scheduler: str = ""  # source "policy": "ensemble" or "switch" ("": the policy node's default for the model)
-    clock: str = "wall"  # see CLOCKS
+                       terminal=any(s.terminal for s in specs), remap_name=False,
+                       namespace=specs[0].namespace, params_file=specs[0].params_file)
 
 
 SOURCES = ("expert", "policy")
@@ -90,6 +79,42 @@ SOURCES = ("expert", "policy")
 # every node runs on it (use_sim_time); a busy machine slows the simulated world instead, so
 # nothing is skipped: what unattended data collection wants.
 CLOCKS = ("wall", "sim")
+# The policy node's chunk schedulers (tether.policy_runtime.scheduler.MODES; a test keeps them equal).
+SCHEDULERS = ("ensemble", "switch")
+
+_CLOCK_HELP = ("wall: the twin keeps real time, as a robot would, and the report measures latency; sim: the twin "
+               "publishes /clock and every node runs on it (use_sim_time), so a busy machine slows the simulated "
+               "world instead")
+_CAMERA_HELP = "the twin's camera {} in pixels (0: the profile's; a policy's model sets it)"
+_DEPLOYMENT_HELP = {
+    "use_sim_time": "true: the same as clock sim (the twin publishes /clock and every node runs on it)",
+    "namespace": "ROS namespace of every node, topic and service ('': none), e.g. arm1",
+    "params_file": "a ROS parameters YAML for every node (keys '/**' or node names); it sets parameters the "
+                   "arguments leave unset ('': none)",
+}
+
+
+@dataclass(frozen=True)
+class RehearsalArgs:
+    robot: str = arg("so101", "robot profile: a file name in config/robots/ without .yaml")
+    task: str = arg("pick_place", "the twin's task")
+    source: str = arg("expert", "the action source", SOURCES)
+    episodes: int = arg(20, "episodes to run (at least 1)")
+    seed: int = arg(0, "seed of the first episode; episode i uses seed + i")
+    report: str = arg("runs/rehearsal", "report folder: report.md, report.json, video, plot, logs")
+    camera_width: int = arg(0, _CAMERA_HELP.format("width"))
+    camera_height: int = arg(0, _CAMERA_HELP.format("height"))
+    episode_timeout: float = arg(20.0, "seconds of the twin's time before an episode counts as failed")
+    gate_rate_hz: float = arg(200.0, "the gate's command stream rate")
+    video_episodes: int = arg(1, "episodes whose video goes into the report")
+    policy: str = arg("", "with source policy: the model folder ('': the model shipped with the repo)")
+    replan_hz: float = arg(0.0, "with source policy: inferences a second (0: the policy node's default, 10 Hz)")
+    scheduler: str = arg("", "with source policy: how chunks become commands ('': ensemble for ACT, switch for "
+                             "diffusion)", ("", *SCHEDULERS))
+    clock: str = arg("wall", _CLOCK_HELP, CLOCKS)
+    use_sim_time: bool = arg(False, _DEPLOYMENT_HELP["use_sim_time"])
+    namespace: str = arg("", _DEPLOYMENT_HELP["namespace"])
+    params_file: str = arg("", _DEPLOYMENT_HELP["params_file"])
 
 
 def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
@@ -98,7 +123,7 @@ def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
         raise TetherError(f"unknown source '{a.source}'; sources: {', '.join(SOURCES)}")
     if a.clock not in CLOCKS:
         raise TetherError(f"unknown clock '{a.clock}'; clocks: {', '.join(CLOCKS)}")
-    return _on_clock(a.clock, [
+    return _deployed(a.namespace, a.params_file, _on_clock("sim" if a.use_sim_time else a.clock, [
         NodeSpec(
             "twin_node",
             "twin",
@@ -133,7 +158,27 @@ def rehearsal_graph(a: RehearsalArgs) -> list[NodeSpec]:
             },
             terminal=True,
         ),
-    ])
+    ]))
+
+
+# A ROS namespace: name tokens (a letter or _, then letters, digits, _) joined by "/".
+_NAMESPACE = re.compile(r"/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def ros_namespace(namespace: str) -> str:
+    """"" or an absolute namespace ("arm1" -> "/arm1"); anything else is refused, naming the rules."""
+    if not namespace:
+        return ""
+    if not _NAMESPACE.fullmatch(namespace):
+        raise TetherError(f"namespace '{namespace}' is not a ROS namespace: names of letters, digits and _ "
+                          f"(not starting with a digit) joined by '/', e.g. arm1 or lab/arm1")
+    return "/" + namespace.lstrip("/")
+
+
+def _deployed(namespace: str, params_file: str, nodes: list[NodeSpec]) -> list[NodeSpec]:
+    """Every node under ``namespace`` and reading ``params_file`` (the graph's own parameters win)."""
+    ns = ros_namespace(namespace)
+    return [dataclasses.replace(n, namespace=ns, params_file=params_file) for n in nodes]
 
 
 def _on_clock(clock: str, nodes: list[NodeSpec]) -> list[NodeSpec]:
@@ -158,36 +203,6 @@ def _source_parameters(a: RehearsalArgs) -> dict[str, ParamValue]:
     return params
 
 
-@dataclass(frozen=True)
-class CollectArgs:
-    robot: str = "so101"
-    task: str = "pick_place"
-    device: str = "expert"
-    episodes: int = 20
-    seed: int = 0
-    dataset: str = "runs/dataset"
-    report: str = "runs/collect"
-    camera_width: int = 0  # 0: the profile's size
-    camera_height: int = 0
-    episode_timeout: float = 20.0
-    gate_rate_hz: float = 200.0
-    takeover_after: float = 2.0  # replay device: seconds into each episode
-    device_path: str = ""  # keyboard: its tty; gamepad/spacemouse: the device node ("": the first found)
-    stop_on_success: bool = True  # False: every episode runs its full timeout (recording soak)
-    linger_s: float = 0.0  # keep recording this long after success (the release and retreat)
-    # Raw camera images in the MCAP log too: ~3.3 GB/min at 2x640x480x30 fps, and on 2 cores the
-    # control loop then slows (13/20 expert successes measured); the dataset's videos hold them anyway.
-    mcap_images: bool = False
-    # Who drives until the device takes over: "expert", or "policy" (HG-DAgger-style corrections:
-    # the policy's own commands are recorded with control_source "policy" and are not trained on).
-    autonomous: str = "expert"
-    policy: str = ""  # autonomous "policy": its model folder ("": the model shipped with the repo)
-    # A session that fails (a node dies, the graph is stopped) mid-episode: the recorder commits that
-    # episode as truncated (outcome unknown), or discards it.
-    on_abort: str = "truncate"
-    clock: str = "wall"  # see CLOCKS
-
-
 # What the recorder does with the episode it is recording when the session fails (see CollectArgs).
 ON_ABORT = ("truncate", "discard")
 
@@ -198,17 +213,69 @@ ON_ABORT = ("truncate", "discard")
 DEVICES = ("expert", "replay", "keyboard", "gamepad", "spacemouse", "leader")
 
 
+@dataclass(frozen=True)
+class CollectArgs:
+    robot: str = arg("so101", "robot profile: a file name in config/robots/ without .yaml")
+    task: str = arg("pick_place", "the twin's task")
+    device: str = arg("expert", "expert: the autonomous source alone; replay: the scripted expert takes over "
+                                "mid-episode, standing in for a person; keyboard (a terminal), gamepad (evdev), "
+                                "spacemouse (hidapi), leader (a leader arm's joint states on leader/joint_states): "
+                                "the autonomous source drives until a person takes over", DEVICES)
+    episodes: int = arg(20, "episodes to record (at least 1)")
+    seed: int = arg(0, "seed of the first episode; episode i uses seed + i")
+    dataset: str = arg("runs/dataset", "dataset folder: new, empty, or a LeRobot v3 dataset to append to")
+    report: str = arg("", "report folder ('': the dataset's folder name + _report, beside it)")
+    camera_width: int = arg(0, _CAMERA_HELP.format("width"))
+    camera_height: int = arg(0, _CAMERA_HELP.format("height"))
+    episode_timeout: float = arg(20.0, "seconds of the twin's time before an episode counts as failed")
+    gate_rate_hz: float = arg(200.0, "the gate's command stream rate")
+    takeover_after: float = arg(2.0, "device replay: seconds into each episode")
+    device_path: str = arg("", "keyboard: its tty; gamepad: /dev/input/eventN; spacemouse: a hidraw path "
+                               "('': the first found)")
+    stop_on_success: bool = arg(True, "false: every episode runs its full timeout (a recording soak)")
+    linger_s: float = arg(0.0, "seconds to keep recording after success, so demos hold the release and retreat")
+    # Raw camera images in the MCAP log too: ~3.3 GB/min at 2x640x480x30 fps, and on 2 cores the
+    # control loop then slows (13/20 expert successes measured); the dataset's videos hold them anyway.
+    mcap_images: bool = arg(False, "also log raw camera images in the MCAP log (~3.3 GB/min at 2x640x480; "
+                                   "slows a 2-core machine)")
+    # HG-DAgger-style corrections with "policy": the policy's own commands are recorded with
+    # control_source "policy" and are not trained on.
+    autonomous: str = arg("expert", "who drives until the device takes over", SOURCES)
+    policy: str = arg("", "with autonomous policy: the model folder ('': the model shipped with the repo)")
+    on_abort: str = arg("truncate", "when the session fails mid-episode: commit that episode marked truncated "
+                                    "(outcome unknown), or discard it", ON_ABORT)
+    clock: str = arg("", "'': sim for device expert and replay (unattended: nothing is lost on a slow machine), "
+                         "wall for the others (a person needs real time); " + _CLOCK_HELP, ("", *CLOCKS))
+    use_sim_time: bool = arg(False, _DEPLOYMENT_HELP["use_sim_time"])
+    namespace: str = arg("", _DEPLOYMENT_HELP["namespace"])
+    params_file: str = arg("", _DEPLOYMENT_HELP["params_file"])
+
+
+def collect_clock(a: CollectArgs) -> str:
+    """Unattended collection runs on sim time (nothing lost on a slow machine); a person needs real time."""
+    if a.use_sim_time:
+        return "sim"
+    return a.clock or ("sim" if a.device in ("expert", "replay") else "wall")
+
+
+def collect_report(a: CollectArgs) -> str:
+    """The report folder: given, or beside the dataset (``<dataset>_report``)."""
+    return a.report or a.dataset.rstrip("/") + "_report"
+
+
 def collect_graph(a: CollectArgs) -> list[NodeSpec]:
     """Rehearsal's loop plus the recorder: every episode lands in a LeRobotDataset v3."""
     if a.device not in DEVICES:
         raise TetherError(f"unknown device '{a.device}'; devices: {', '.join(DEVICES)}")
     if a.on_abort not in ON_ABORT:
         raise TetherError(f"unknown on_abort '{a.on_abort}'; choices: {', '.join(ON_ABORT)}")
+    clock = collect_clock(a)
     base = rehearsal_graph(
         RehearsalArgs(
-            robot=a.robot, task=a.task, source=a.autonomous, episodes=a.episodes, seed=a.seed, report=a.report,
-            camera_width=a.camera_width, camera_height=a.camera_height, episode_timeout=a.episode_timeout,
-            gate_rate_hz=a.gate_rate_hz, video_episodes=0, policy=a.policy, clock=a.clock,
+            robot=a.robot, task=a.task, source=a.autonomous, episodes=a.episodes, seed=a.seed,
+            report=collect_report(a), camera_width=a.camera_width, camera_height=a.camera_height,
+            episode_timeout=a.episode_timeout, gate_rate_hz=a.gate_rate_hz, video_episodes=0, policy=a.policy,
+            clock=clock, namespace=a.namespace, params_file=a.params_file,
         )
     )
     # Images never cross a process: the recorder shares the twin's process (on a robot, the cameras').
@@ -227,8 +294,8 @@ def collect_graph(a: CollectArgs) -> list[NodeSpec]:
     session = base[-1]
     params = {**session.parameters, "record": True, "human_source": "teleop" if human else "",
               "stop_on_success": a.stop_on_success, "linger_s": a.linger_s}
-    return [twin, *base[1:-1], *_on_clock(a.clock, [*human, recorder]),
-            NodeSpec(session.executable, session.name, params, terminal=True)]
+    extra = _deployed(a.namespace, a.params_file, _on_clock(clock, [*human, recorder]))
+    return [twin, *base[1:-1], *extra, dataclasses.replace(session, parameters=params)]
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ class RobotProfile:
     gripper: GripperSpec | None = None
     servo: ServoSpec = field(default_factory=ServoSpec)
     base_pos: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    joint_states_topic: str = "/joint_states"
+    joint_states_topic: str = "joint_states"
     chunks: ChunkLimits = field(default_factory=ChunkLimits)
     source_path: str = ""
 

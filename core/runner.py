@@ -36,6 +36,10 @@ class GraphFailed(TetherError):
 
 def ros_args(spec: ProcessSpec) -> list[str]:
     args = ["--ros-args", *(["-r", f"__node:={spec.name}"] if spec.remap_name else [])]
+    if spec.namespace:
+        args += ["-r", f"__ns:={spec.namespace}"]
+    if spec.params_file:  # rcl lets every `-p` below win over the file, as the launch files order them
+        args += ["--params-file", spec.params_file]
     for key, value in spec.parameters.items():
         args += ["-p", f"{key}:={_param(value)}"]
     return args

@@ -18,6 +18,10 @@ from tether.errors import TetherError, UnknownJointError
 from tether.robot_profile import ChunkLimits, RobotProfile
 from tether.trajectory import Chunk
 
+# A chunk's points, each the joint positions: lists from a test or the CLI, float64 arrays viewing a
+# message's buffer in a node.
+PointRows = Sequence[Sequence[float] | np.ndarray]
+
 
 class RateLimiter:
     """A token bucket: ``rate`` events a second on average, bursts of up to ``burst``."""
@@ -55,7 +59,7 @@ def validate_chunk(
     joint_names: Sequence[str],
     start: float,
     times: Sequence[float],
-    positions: Sequence[Sequence[float]],
+    positions: PointRows,
     now: float | None = None,
 ) -> tuple[Chunk, int]:
     """Return the chunk in profile joint order and the number of clamped values.

@@ -1,6 +1,6 @@
 """Data collection: the rehearsal loop plus the recorder, built from tether.graph.
 
-    ros2 launch launch/teleop_collect.launch.py device:=expert episodes:=20 dataset:=runs/dataset
+    ros2 launch tether_ros teleop_collect.launch.py device:=expert episodes:=20 dataset:=runs/dataset
 
 Every episode is committed to a LeRobotDataset v3 at ``dataset``.
 """

@@ -75,3 +75,38 @@ def test_an_unknown_clock_lists_the_valid_ones() -> None:
 
     with pytest.raises(TetherError, match="unknown clock 'gps'; clocks: wall, sim"):
         rehearsal_graph(RehearsalArgs(clock="gps"))
+
+
+def test_the_declared_schedulers_are_the_policy_nodes() -> None:
+    from tether.graph import SCHEDULERS
+    from tether.policy_runtime.scheduler import MODES
+
+    assert set(SCHEDULERS) == set(MODES)
+
+
+def test_namespace_and_params_file_reach_every_process() -> None:
+    from tether.graph import CollectArgs, collect_graph, processes
+    from tether.runner import ros_args
+
+    for p in processes(collect_graph(CollectArgs(device="replay", namespace="lab/arm1", params_file="p.yaml"))):
+        args = ros_args(p)
+        assert args[args.index("__ns:=/lab/arm1") - 1] == "-r"
+        # -p overrides after the file: rcl gives them precedence anyway, as the launch files order them.
+        assert args.index("--params-file") < args.index("-p") and args[args.index("--params-file") + 1] == "p.yaml"
+
+
+@pytest.mark.parametrize("namespace", ["1arm", "arm-1", "arm//1", "arm/"])
+def test_a_bad_namespace_names_the_rules(namespace: str) -> None:
+    from tether.graph import RehearsalArgs, rehearsal_graph
+
+    with pytest.raises(TetherError, match=f"namespace '{namespace}' is not a ROS namespace"):
+        rehearsal_graph(RehearsalArgs(namespace=namespace))
+
+
+def test_use_sim_time_is_the_sim_clock() -> None:
+    from tether.graph import CollectArgs, RehearsalArgs, collect_clock, rehearsal_graph
+
+    assert rehearsal_graph(RehearsalArgs(use_sim_time=True)) == rehearsal_graph(RehearsalArgs(clock="sim"))
+    assert collect_clock(CollectArgs(device="keyboard", use_sim_time=True)) == "sim"
+    assert collect_clock(CollectArgs(device="keyboard")) == "wall"
+    assert collect_clock(CollectArgs(device="replay")) == "sim"

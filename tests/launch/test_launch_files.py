@@ -53,6 +53,14 @@ class _Shutdown(_Recorded):
     pass
 
 
+class _RegisterEventHandler(_Recorded):
+    pass
+
+
+class _OnProcessExit(_Recorded):
+    pass
+
+
 class _Node(_Recorded):
     pass
 
@@ -76,7 +84,9 @@ def _stub_modules() -> dict[str, types.ModuleType]:
             "DeclareLaunchArgument": _DeclareLaunchArgument,
             "OpaqueFunction": _OpaqueFunction,
             "Shutdown": _Shutdown,
+            "RegisterEventHandler": _RegisterEventHandler,
         },
+        "launch.event_handlers": {"OnProcessExit": _OnProcessExit},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {},
         "launch_ros.actions": {"Node": _Node},
@@ -88,6 +98,7 @@ def _stub_modules() -> dict[str, types.ModuleType]:
         modules[name] = module
     modules["launch"].actions = modules["launch.actions"]  # type: ignore[attr-defined]
     modules["launch"].substitutions = modules["launch.substitutions"]  # type: ignore[attr-defined]
+    modules["launch"].event_handlers = modules["launch.event_handlers"]  # type: ignore[attr-defined]
     modules["launch_ros"].actions = modules["launch_ros.actions"]  # type: ignore[attr-defined]
     return modules
 
@@ -244,3 +255,147 @@ def test_package_xml_is_format_3_ament_python(monkeypatch: pytest.MonkeyPatch) -
     assert root.findtext("version") == _setup_kwargs(monkeypatch)["version"]
     exec_depends = {e.text for e in root.findall("exec_depend")}
     assert {"rclpy", "launch", "launch_ros"} <= exec_depends
+
+
+def test_launch_files_are_data_files_of_the_share_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `ros2 launch tether_ros <file>` looks in <prefix>/share/tether_ros/launch.
+    kw = _setup_kwargs(monkeypatch)
+    data_files = {dest: list(srcs) for dest, srcs in kw["data_files"]}
+    installed = data_files[f"share/{PKG_NAME}/launch"]
+    assert sorted(Path(s).name for s in installed) == sorted(p.name for p in (ROOT / "launch").glob("*.launch.py"))
+    assert all((PKG / s).resolve().parent == ROOT / "launch" for s in installed)
+
+
+def test_a_built_package_installs_its_launch_files(tmp_path: Path) -> None:
+    """Build a wheel of a copy of the package (a build leaves build/ and egg-info beside setup.py) and
+    look for the launch files where an install puts them."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    copy = tmp_path / "ros2_ws" / "src" / PKG_NAME
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copytree(ROOT / "launch", tmp_path / "launch")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(copy)],
+                   check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    share = f"{PKG_NAME}-0.1.0.data/data/share/{PKG_NAME}/launch/"
+    names = {n.removeprefix(share) for n in zipfile.ZipFile(wheel).namelist() if n.startswith(share)}
+    assert names == {"sim_rehearsal.launch.py", "teleop_collect.launch.py"}
+
+
+# --- one declaration for the CLI and the launch files ---------------------------------------------
+COLLECT_FILE = ROOT / "launch" / "teleop_collect.launch.py"
+
+
+def _load(path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_launch_{path.stem.replace('.', '_')}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("command, file", [("rehearse", LAUNCH_FILE), ("collect", COLLECT_FILE)])
+def test_launch_arguments_and_cli_flags_have_the_same_names_defaults_help_and_choices(
+        monkeypatch: pytest.MonkeyPatch, command: str, file: Path) -> None:
+    import argparse
+
+    from tether.cli import build_parser
+
+    for name, module in _stub_modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    declared, _ = _build(_load(file), {})
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {opt: action for action in sub.choices[command]._actions for opt in action.option_strings}
+    for d in declared:
+        name = d.args[0]
+        action = flags[f"--{name.replace('_', '-')}"]
+        assert action.dest == name
+        assert str(action.default) == d.kwargs["default_value"], name
+        assert d.kwargs["description"] and d.kwargs["description"] in action.help, name
+        assert list(action.choices or d.kwargs.get("choices", [])) == d.kwargs.get("choices", []), name
+    assert {"namespace", "use_sim_time", "params_file"} <= {d.args[0] for d in declared}
+
+
+def test_arguments_with_a_fixed_set_of_values_declare_their_choices(launch_module: types.ModuleType) -> None:
+    declared, _ = _build(launch_module, {})
+    choices = {d.args[0]: d.kwargs.get("choices") for d in declared}
+    assert choices["source"] == list(SOURCES)
+    assert choices["clock"] == ["wall", "sim"]
+    assert choices["scheduler"] == ["", "ensemble", "switch"]
+
+
+@pytest.mark.parametrize("name, raw, expected", [
+    ("episodes", "abc", "episodes takes an integer"),
+    ("episode_timeout", "soon", "episode_timeout takes a number"),
+    ("use_sim_time", "maybe", "use_sim_time takes true or false"),
+    ("source", "human", "source takes one of 'expert', 'policy'"),
+])
+def test_a_bad_launch_argument_names_itself_and_the_type(launch_module: types.ModuleType, name: str, raw: str,
+                                                          expected: str) -> None:
+    from tether.graph_args import GraphArgumentError
+
+    with pytest.raises(GraphArgumentError, match=f"launch argument {name}:='{raw}' is not valid: {expected}"):
+        _build(launch_module, {name: raw})
+
+
+def test_namespace_sim_time_and_params_file_reach_every_node(launch_module: types.ModuleType, tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    rate_hz: 100.0\n")
+    _, nodes = _build(launch_module, {"namespace": "arm1", "use_sim_time": "true", "params_file": str(params)})
+    for node in nodes:
+        assert node.kwargs["namespace"] == "/arm1"
+        # The graph's own parameters last: they win over the file's.
+        assert node.kwargs["parameters"][0] == str(params)
+        assert node.kwargs["parameters"][1]["use_sim_time"] is True
+    twin = next(n for n in nodes if n.kwargs["executable"] == "twin_node")
+    assert twin.kwargs["parameters"][1]["publish_clock"] is True  # the twin's /clock, for use_sim_time
+
+
+def test_a_missing_params_file_is_refused(launch_module: types.ModuleType, tmp_path: Path) -> None:
+    from tether.errors import TetherError
+
+    with pytest.raises(TetherError, match="params_file:=.*no such file"):
+        _build(launch_module, {"params_file": str(tmp_path / "none.yaml")})
+
+
+class _Exited:
+    def __init__(self, action: object, returncode: int) -> None:
+        self.action, self.returncode = action, returncode
+
+
+class _LaunchState:
+    def __init__(self, is_shutdown: bool) -> None:
+        self.is_shutdown = is_shutdown
+
+
+def test_a_failing_node_fails_the_launch() -> None:
+    """``launch`` makes LaunchService.run() return 1 when an event handler raises; ExitWatch raises for
+    exactly the cases the embedded runner calls a failed graph."""
+    from tether.graph import ProcessSpec
+    from tether.launch_description import ExitWatch, GraphExitError
+
+    watch = ExitWatch()
+    session, gate, stranger = object(), object(), object()
+    watch.watch(session, ProcessSpec("session", "session", [], {}, terminal=True))
+    watch.watch(gate, ProcessSpec("gate", "gate", [], {}))
+    assert watch(_Exited(session, 0), _LaunchState(False)) is None
+    assert watch(_Exited(gate, 0), _LaunchState(True)) is None  # stopped by the launch's shutdown
+    assert watch(_Exited(stranger, 1), _LaunchState(False)) is None  # not this graph's
+    with pytest.raises(GraphExitError, match="node 'session' exited with 2"):
+        watch(_Exited(session, 2), _LaunchState(False))
+    with pytest.raises(GraphExitError, match="node 'gate' exited with -15"):
+        watch(_Exited(gate, -15), _LaunchState(True))
+    with pytest.raises(GraphExitError, match="node 'gate' exited before the session ended"):
+        watch(_Exited(gate, 0), _LaunchState(False))
+
+
+def test_the_launch_registers_the_exit_watch(launch_module: types.ModuleType) -> None:
+    from tether.launch_description import ExitWatch
+
+    entities = list(launch_module.generate_launch_description().args[0])
+    (register,) = [e for e in entities if isinstance(e, _RegisterEventHandler)]
+    (handler,) = register.args
+    assert isinstance(handler, _OnProcessExit) and isinstance(handler.kwargs["on_exit"], ExitWatch)

@@ -193,9 +193,11 @@ def test_every_logged_message_decodes_with_rosbags_mcap_and_rclpy(graph, so101, 
             store.deserialize_cdr(raw, conn.msgtype)  # strict: "CDR message size mismatch" on any stray byte
             deserialize_message(raw, ROS_TYPES[conn.msgtype])
             counts[conn.topic] = counts.get(conn.topic, 0) + 1
-    assert set(counts) == {so101.joint_states_topic, so101.command_topic, INTERVENTION}
-    assert counts[so101.joint_states_topic] > 20 and counts[so101.command_topic] > 20
-    assert counts[INTERVENTION] >= 2  # the latched state at the start, then each takeover and hand-back
+    # The log names topics fully qualified, as they went over the wire (the graph's names are relative).
+    states, commands, intervention = ("/" + t for t in (so101.joint_states_topic, so101.command_topic, INTERVENTION))
+    assert set(counts) == {states, commands, intervention}
+    assert counts[states] > 20 and counts[commands] > 20
+    assert counts[intervention] >= 2  # the latched state at the start, then each takeover and hand-back
     (mcap_file,) = bag.glob("*.mcap")
     with open(mcap_file, "rb") as f:
         decoded = sum(1 for _ in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages())
@@ -211,17 +213,17 @@ def test_the_bag_metadata_carries_each_topics_qos_and_the_ros_distribution(graph
     with Reader(bag) as reader:
         assert reader.ros_distro == "kilted"
         qos = {c.topic: c.ext.offered_qos_profiles for c in reader.connections}
-        labels = [raw for c, _, raw in reader.messages() if c.topic == INTERVENTION]
+        labels = [raw for c, _, raw in reader.messages() if c.topic == "/" + INTERVENTION]  # fully qualified
     # Each bag starts with the latched label, so a replay of it knows who is in control.
     assert [deserialize_message(raw, Bool).data for raw in labels] == [False]
-    (latched,) = qos[INTERVENTION]
+    (latched,) = qos["/" + INTERVENTION]
     assert (latched.reliability, latched.durability, latched.depth) == (
         QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL, 1)  # a replay latches it again
     meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert meta["ros_distro"] == "kilted"
     profiles = {t["topic_metadata"]["name"]: t["topic_metadata"]["offered_qos_profiles"]
                 for t in meta["topics_with_message_count"]}
-    (state,) = profiles[so101.joint_states_topic]
+    (state,) = profiles["/" + so101.joint_states_topic]
     assert (state["reliability"], state["durability"], state["history"], state["depth"]) == (
         "reliable", "volatile", "keep_last", 600)
 

@@ -129,3 +129,23 @@ def test_nodes_die_with_a_killed_supervisor(tmp_path: Path) -> None:
         time.sleep(0.2)
     alive = [pid for pid in nodes if _alive(pid)]
     assert not alive, f"nodes {alive} kept running after their supervisor was killed"
+
+
+def test_two_graphs_in_two_namespaces_run_side_by_side_on_one_domain(tmp_path: Path) -> None:
+    """Every name in the graph is relative, so two whole graphs run on one ROS domain at once, each under
+    its own namespace, without hearing each other (the wall clock: /clock is global, as ROS has it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tether.graph import RehearsalArgs, rehearsal_graph
+
+    def rehearse(namespace: str) -> int:
+        args = RehearsalArgs(episodes=1, camera_width=64, camera_height=48, video_episodes=0,
+                             report=str(tmp_path / namespace), namespace=namespace)
+        return run_graph(rehearsal_graph(args), tmp_path / namespace / "logs", timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        codes = list(pool.map(rehearse, ["arm1", "arm2"]))
+    assert codes == [0, 0]
+    for namespace in ("arm1", "arm2"):
+        assert json.loads((tmp_path / namespace / "report.json").read_text())["successes"] == 1
+        assert f"[{namespace}.gate]" in (tmp_path / namespace / "logs" / "gate.log").read_text()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.client import Client
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -32,6 +33,7 @@ from tether_ros.conversions import (
     DIAGNOSTICS,
     STATE_QOS,
     source_topic,
+    status_name,
     to_duration,
     to_sec,
     to_stamp,
@@ -64,7 +66,7 @@ class AdversaryNode(Node):
                                  QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE))
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
         self.create_subscription(DiagnosticArray, DIAGNOSTICS, self._on_diag, 50)
-        self._gate_services = {name: self.create_client(Trigger, f"/gate/{name}")
+        self._gate_services: dict[str, Client] = {name: self.create_client(Trigger, f"gate/{name}")
                          for name in ("estop", "clear_estop", "takeover", "handback")}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._attack, name="adversary", daemon=True)
@@ -84,7 +86,7 @@ class AdversaryNode(Node):
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name == "tether/gate" and any(kv.key == "commands" for kv in status.values):
+            if status.name == status_name(self, "gate") and any(kv.key == "commands" for kv in status.values):
                 self._gate = {kv.key: kv.value for kv in status.values}
                 if int(self._gate.get("resets", "0")) >= 1:
                     self._armed.set()

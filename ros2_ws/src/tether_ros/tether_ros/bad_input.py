@@ -3,7 +3,7 @@
 A joint-state message that lacks one of the robot's joints used to raise ``KeyError`` inside the
 expert's callback (the process died) and was dropped without a word by teleop and the recorder.
 Now each refusal is counted, logged (throttled) and published as a WARN status named
-``tether/<node>/input`` (at most once a second), whose values are the counts per topic.
+``tether/<node>/input`` (under the node's namespace; at most once a second), whose values are the counts per topic.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 
-from tether_ros.conversions import DIAGNOSTICS
+from tether_ros.conversions import DIAGNOSTICS, status_name
 from tether_ros.publishing import tolerant_publisher
 
 
@@ -38,8 +38,8 @@ class BadInputReport:
             self._publish(f"refused a message on {topic}: {error}")
 
     def _publish(self, message: str) -> None:
-        status = DiagnosticStatus(level=DiagnosticStatus.WARN, name=f"tether/{self._node.get_name()}/input",
-                                  message=message)
+        name = status_name(self._node, f"{self._node.get_name()}/input")
+        status = DiagnosticStatus(level=DiagnosticStatus.WARN, name=name, message=message)
         status.values = [KeyValue(key=f"refused {topic}", value=str(n)) for topic, n in self.counts.items()]
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self._node.get_clock().now().to_msg()

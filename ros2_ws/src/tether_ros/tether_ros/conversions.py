@@ -6,25 +6,38 @@ import array
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
+from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-JOINT_STATES = "/joint_states"
-OBJECT_POSE = "/tether/sim/object_pose"  # privileged: only the twin knows it
-TARGET_POSE = "/tether/sim/target_pose"
+# The graph's own names are relative, so a whole graph runs under a namespace (launch's namespace:=,
+# the CLI's --namespace) beside another one on the same ROS domain.
+JOINT_STATES = "joint_states"
+OBJECT_POSE = "tether/sim/object_pose"  # privileged: only the twin knows it
+TARGET_POSE = "tether/sim/target_pose"
+# Absolute, as ROS has it: /diagnostics is the one robot-wide topic that diagnostic_aggregator and
+# rqt_robot_monitor read, whatever namespace a node runs in; each status's name carries the graph's
+# namespace (status_name), so two graphs' reports stay apart. /clock is absolute too (use_sim_time reads it).
 DIAGNOSTICS = "/diagnostics"
-INTERVENTION = "/tether/intervention"  # std_msgs/Bool, transient-local: True while a human drives
-TELEOP_EVENT = "/tether/teleop/event"  # std_msgs/String: success, failure, discard, rerecord (episode buttons)
+CLOCK = "/clock"
+INTERVENTION = "tether/intervention"  # std_msgs/Bool, transient-local: True while a human drives
+TELEOP_EVENT = "tether/teleop/event"  # std_msgs/String: success, failure, discard, rerecord (episode buttons)
+
+
+def status_name(node: Node, what: str) -> str:
+    """A diagnostic status's name: ``tether/<what>``, under the node's namespace when it has one."""
+    namespace = node.get_namespace().strip("/")
+    return f"{namespace}/tether/{what}" if namespace else f"tether/{what}"
 
 
 def source_topic(source: str) -> str:
     """Each action source publishes chunks on its own topic; only the gate reaches the robot."""
-    return f"/tether/source/{source}/joint_trajectory"
+    return f"tether/source/{source}/joint_trajectory"
 
 
 def camera_topic(camera: str, leaf: str = "image_raw") -> str:
-    return f"/camera/{camera}/{leaf}"
+    return f"camera/{camera}/{leaf}"
 
 
 STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
@@ -65,7 +78,7 @@ def image_msg(rgb: np.ndarray, stamp: float, frame_id: str) -> Image:
     msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
     msg.header.stamp, msg.header.frame_id = to_stamp(stamp), frame_id
     data = array.array("B")
-    data.frombytes(np.ascontiguousarray(rgb, dtype=np.uint8))
+    data.frombytes(np.ascontiguousarray(rgb, dtype=np.uint8).data)
     msg.data = data
     return msg
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from functools import partial
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -39,12 +40,14 @@ from tether.periodic import PeriodicLoop, SimTimeLoop
 from tether.robot_profile import load_profile
 from tether.safety import ChunkRejected
 from tether_ros.conversions import (
+    CLOCK,
     COMMAND_QOS,
     DIAGNOSTICS,
     INTERVENTION,
     LATCHED_QOS,
     STATE_QOS,
     source_topic,
+    status_name,
     to_sec,
     trajectory_fields,
     trajectory_msg,
@@ -62,8 +65,7 @@ SOURCE_QOS = QoSProfile(depth=3, reliability=ReliabilityPolicy.RELIABLE, history
 class GateNode(Node):
     def __init__(self, **kwargs: object) -> None:
         super().__init__("gate", **kwargs)  # type: ignore[arg-type]
-        robot = self.declare_parameter("robot", "so101").value
-        self.profile = load_profile(str(robot))
+        self.profile = load_profile(str(self.declare_parameter("robot", "so101").value))
         defaults = GateConfig()
         config = GateConfig(
             rate_hz=float(self.declare_parameter("rate_hz", defaults.rate_hz).value),
@@ -153,7 +155,7 @@ class GateNode(Node):
         if not self.gate.fault:
             me = (self.get_name(), self.get_namespace())
             others = [f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in
-                      self.get_publishers_info_by_topic(self.profile.command_topic)
+                      self.get_publishers_info_by_topic(self.resolve_topic_name(self.profile.command_topic))
                       if (i.node_name, i.node_namespace) != me]
             if others:
                 with self._lock:
@@ -174,7 +176,7 @@ class GateNode(Node):
             return PeriodicLoop(self.gate.period, lambda: self._tick(self._now()), name="gate-stream",
                                 on_start=realtime).start()
         loop = SimTimeLoop(self.gate.period, self._tick)
-        self.create_subscription(Clock, "/clock", lambda m: loop.advance(to_sec(m.clock)), 10)
+        self.create_subscription(Clock, CLOCK, lambda m: loop.advance(to_sec(m.clock)), 10)
         return loop
 
     def _tick(self, now: float) -> None:
@@ -247,8 +249,8 @@ class GateNode(Node):
         level = DiagnosticStatus.ERROR if estopped or diag["fault"] else DiagnosticStatus.OK
         self._publish_status(level, str(diag["fault"]) or self._last_state or "waiting for joint states", diag)
 
-    def _publish_status(self, level: int, message: str, values: dict[str, object]) -> None:
-        status = DiagnosticStatus(level=level, name="tether/gate", message=message, hardware_id=self.profile.name)
+    def _publish_status(self, level: int, message: str, values: Mapping[str, object]) -> None:
+        status = DiagnosticStatus(level=level, name=status_name(self, "gate"), message=message, hardware_id=self.profile.name)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()

@@ -46,7 +46,16 @@ from tether.policy_runtime.runtime import (
 )
 from tether.policy_runtime.scheduler import ChunkScheduler, SchedulerConfig
 from tether.robot_profile import load_profile
-from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, STATE_QOS, camera_topic, source_topic, to_sec, trajectory_msg
+from tether_ros.conversions import (
+    COMMAND_QOS,
+    DIAGNOSTICS,
+    STATE_QOS,
+    camera_topic,
+    source_topic,
+    status_name,
+    to_sec,
+    trajectory_msg,
+)
 from tether_ros.publishing import tolerant_publisher
 from tether_ros.spin import run
 
@@ -207,7 +216,7 @@ class PolicyNode(Node):
             ms = np.asarray(self._infer_ms)
             values.update(infer_p50_ms=round(float(np.percentile(ms, 50)), 3),
                           infer_p99_ms=round(float(np.percentile(ms, 99)), 3))
-        status = DiagnosticStatus(level=level, name="tether/policy", message=message or "running",
+        status = DiagnosticStatus(level=level, name=status_name(self, "policy"), message=message or "running",
                                   hardware_id=self.profile.name)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[status])

@@ -52,7 +52,15 @@ from tether.teleop.mcap_log import TopicQos
 from tether.teleop.recorder import FrameSampler
 from tether.teleop.writer_process import WriterProcess
 from tether_ros.bad_input import BadInputReport
-from tether_ros.conversions import COMMAND_QOS, DIAGNOSTICS, INTERVENTION, LATCHED_QOS, STATE_QOS, camera_topic
+from tether_ros.conversions import (
+    COMMAND_QOS,
+    DIAGNOSTICS,
+    INTERVENTION,
+    LATCHED_QOS,
+    STATE_QOS,
+    camera_topic,
+    status_name,
+)
 from tether_ros.spin import run
 
 
@@ -92,7 +100,8 @@ class RecorderNode(Node):
         self.exit_code = 0
         self._lost: WriterProcessError | None = None  # why the writer process was lost, once said
         self.raw_root = Layout(root).raw_logs  # beside the dataset: LeRobot's loader never sees it
-        self._topics: dict[str, str] = {}  # logged topic -> message type
+        self._topics: dict[str, str] = {}  # logged topic (fully qualified) -> message type
+        self._logged_as: dict[str, str] = {}  # the graph's relative topic name -> its name in the log
         self._qos: dict[str, TopicQos] = {}
         self._intervention: bytes | None = None  # the latched label's last message, written at each bag's start
         self._subscribe(spec, log_images)
@@ -118,8 +127,10 @@ class RecorderNode(Node):
              logged: bool = True) -> None:
         self.create_subscription(msg_type, topic, callback, qos, raw=True)
         if logged:
-            self._topics[topic] = msg_type.__module__.split(".")[0] + "/msg/" + msg_type.__name__
-            self._qos[topic] = topic_qos(qos)
+            # The log names topics as they went over the wire, under this graph's namespace.
+            name = self._logged_as[topic] = self.resolve_topic_name(topic)
+            self._topics[name] = msg_type.__module__.split(".")[0] + "/msg/" + msg_type.__name__
+            self._qos[name] = topic_qos(qos)
 
     def _watch_writer(self) -> None:
         try:
@@ -143,7 +154,7 @@ class RecorderNode(Node):
         if not self.recording:
             return
         try:
-            self.writer.log(topic, cdr, stamp_ns)
+            self.writer.log(self._logged_as[topic], cdr, stamp_ns)
         except WriterProcessError as exc:
             self._lost_writer(exc)
 
@@ -172,7 +183,7 @@ class RecorderNode(Node):
         if not self.recording:
             return
         msg = deserialize_message(cdr, Image)
-        if camera_topic(camera) in self._topics:
+        if camera_topic(camera) in self._logged_as:
             self._log(camera_topic(camera), cdr, _ns(msg.header.stamp))
         rgb = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
         for frame in self.sampler.on_image(camera, rgb, _ns(msg.header.stamp)):
@@ -250,7 +261,7 @@ class RecorderNode(Node):
         values = {"recording": self.recording, "episodes": self.writer.num_episodes,
                   "episode_frames": self.writer.episode_frames, "phase": self.sampler.phase,
                   **{f"dropped_{k}": v for k, v in self.sampler.dropped.items()}}
-        status = DiagnosticStatus(level=DiagnosticStatus.OK, name="tether/recorder", message="recording" if self.recording else "idle")
+        status = DiagnosticStatus(level=DiagnosticStatus.OK, name=status_name(self, "recorder"), message="recording" if self.recording else "idle")
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()

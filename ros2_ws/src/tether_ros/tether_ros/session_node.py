@@ -24,6 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.client import Client
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -39,6 +40,7 @@ from tether_ros.conversions import (
     LATCHED_QOS,
     TELEOP_EVENT,
     camera_topic,
+    status_name,
     to_sec,
 )
 from tether_ros.spin import run
@@ -123,7 +125,7 @@ class SessionNode(Node):
         self.create_subscription(String, TELEOP_EVENT, lambda m: self._events.append(str(m.data)), 10)
         self._discarded = 0
         self._rerecorded = 0
-        self._image_sub = self.create_subscription(Image, camera_topic(self.video_camera), self._on_image, 5)
+        self._image_sub: Subscription | None = self.create_subscription(Image, camera_topic(self.video_camera), self._on_image, 5)
         self._episodes_done = 0
         self.create_timer(0.5, self._drop_camera_when_done)
         self.create_timer(1.0, lambda: self._load.append(os.getloadavg()[0]))
@@ -131,13 +133,14 @@ class SessionNode(Node):
 
     def _session_clients(self) -> dict[str, Client]:
         """The services this session calls, and only those (each one is work for every spin)."""
-        services = {"twin_reset": "/twin/reset", "twin_start": "/twin/start", "success": "/twin/success",
-                    "source_reset": f"/{self.source}/reset", "gate_reset": "/gate/reset"}
+        # Relative: the nodes' private services (~/reset) under this graph's namespace.
+        services = {"twin_reset": "twin/reset", "twin_start": "twin/start", "success": "twin/success",
+                    "source_reset": f"{self.source}/reset", "gate_reset": "gate/reset"}
         if self.record:
-            services.update(record_begin="/recorder/begin", record_success="/recorder/commit_success",
-                            record_failure="/recorder/commit_failure", record_discard="/recorder/discard")
+            services.update(record_begin="recorder/begin", record_success="recorder/commit_success",
+                            record_failure="recorder/commit_failure", record_discard="recorder/discard")
         if self.human_source:
-            services["human_reset"] = f"/{self.human_source}/reset"
+            services["human_reset"] = f"{self.human_source}/reset"
         return {name: self.create_client(Trigger, srv) for name, srv in services.items()}
 
     # --- listeners ----------------------------------------------------------
@@ -156,11 +159,11 @@ class SessionNode(Node):
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
-            if status.name == "tether/gate" and "commands" in values:
+            if status.name == status_name(self, "gate") and "commands" in values:
                 self._gate = values
-            elif status.name == "tether/recorder":
+            elif status.name == status_name(self, "recorder"):
                 self._recorder = values
-            elif status.name == "tether/twin":
+            elif status.name == status_name(self, "twin"):
                 self._twin = values
                 for key, series in self._rtf.items():
                     if key in values:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
+from rclpy.client import Client
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
@@ -71,8 +72,8 @@ class TeleopNode(Node):
         self.takeover_after = float(p("takeover_after", 2.0).value)
         self.pub = tolerant_publisher(self, JointTrajectory, source_topic("teleop"), COMMAND_QOS)
         self.bad_input = BadInputReport(self)
-        self.takeover = self.create_client(Trigger, "/gate/takeover")
-        self.handback = self.create_client(Trigger, "/gate/handback")
+        self.takeover: Client = self.create_client(Trigger, "gate/takeover")
+        self.handback: Client = self.create_client(Trigger, "gate/handback")
         self.create_service(Trigger, "~/reset", self._reset)
         self.create_subscription(JointState, self.profile.joint_states_topic, self._on_state, STATE_QOS)
         self._start: float | None = None
@@ -101,10 +102,10 @@ class TeleopNode(Node):
                              keyboard_fd=self._tty)
         self.operator = Operator(device, self.profile, threshold=float(p("activity_threshold", 0.2).value))
         if isinstance(device, LeaderArm):
-            self.create_subscription(JointState, str(p("leader_topic", "/leader/joint_states").value),
+            self.create_subscription(JointState, str(p("leader_topic", "leader/joint_states").value),
                                      self._on_leader, STATE_QOS)
         self.event_pub = self.create_publisher(String, TELEOP_EVENT, 10)
-        self.recovery = self.create_client(SetBool, "/recorder/mark_recovery")
+        self.recovery: Client = self.create_client(SetBool, "recorder/mark_recovery")
         device.connect()
         self.create_timer(self.period, self._tick)
         self.get_logger().info(f"teleop device '{self.device_name}' connected")

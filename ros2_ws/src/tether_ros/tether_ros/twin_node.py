@@ -37,6 +37,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.clock import Clock as RosClock
 from rclpy.clock import ClockType
 from rclpy.node import Node
+from rclpy.qos import QoSProfile
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
@@ -49,6 +50,7 @@ from tether.sim.camera_worker import CameraWorker
 from tether.sim.twin import Twin
 from tether.trajectory import TrajectoryFollower
 from tether_ros.conversions import (
+    CLOCK,
     COMMAND_QOS,
     DIAGNOSTICS,
     IMAGE_WRITER_QOS,
@@ -58,6 +60,7 @@ from tether_ros.conversions import (
     camera_topic,
     image_msg,
     joint_state_msg,
+    status_name,
     to_stamp,
     trajectory_fields,
 )
@@ -99,7 +102,7 @@ class TwinNode(Node):
         self.object_pub = self._publisher(PoseStamped, OBJECT_POSE, 10)
         self.target_pub = self._publisher(PoseStamped, TARGET_POSE, 10)
         self.diag_pub = self._publisher(DiagnosticArray, DIAGNOSTICS, 10, max_outage_s=10.0)
-        self.clock_pub = self._publisher(Clock, "/clock", 10) if self.publish_clock else None
+        self.clock_pub = self._publisher(Clock, CLOCK, 10) if self.publish_clock else None
         self.image_pubs = {
             c: (
                 self._publisher(Image, camera_topic(c), IMAGE_WRITER_QOS),
@@ -129,7 +132,7 @@ class TwinNode(Node):
         self.create_timer(self.state_period, self._tick, clock=self._wall_clock)
         self.create_timer(1.0, self._publish_diagnostics, clock=self._wall_clock)
 
-    def _publisher(self, msg_type: type, topic: str, qos: object, max_outage_s: float = 1.0) -> DropTolerantPublisher:
+    def _publisher(self, msg_type: type, topic: str, qos: QoSProfile | int, max_outage_s: float = 1.0) -> DropTolerantPublisher:
         pub = tolerant_publisher(self, msg_type, topic, qos, max_outage_s)
         self._tolerant_pubs.append(pub)
         return pub
@@ -282,7 +285,7 @@ class TwinNode(Node):
                   **{f"render_{k}_ms": f"{v:.2f}" for k, v in self.cameras.render_ms().items()}}
         self._stats, self._busy = (wall, stepped), 0.0
         behind = self._slipped > 0 or self.cameras.skipped > 0
-        status = DiagnosticStatus(level=DiagnosticStatus.WARN if behind else DiagnosticStatus.OK, name="tether/twin",
+        status = DiagnosticStatus(level=DiagnosticStatus.WARN if behind else DiagnosticStatus.OK, name=status_name(self, "twin"),
                                   message="behind real time" if behind else "running")
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         arr = DiagnosticArray(status=[status])
