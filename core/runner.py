@@ -171,18 +171,46 @@ def _wait(running: list[RunningNode], timeout: float | None) -> int:
 
 
 def _stop(running: list[RunningNode]) -> list[RunningNode]:
-    """SIGTERM every node still running, SIGKILL what is left after 5 s; returns the nodes stopped here."""
+    """SIGTERM every node still running and wait for each while it works; returns the nodes stopped here."""
     stopped = [r for r in running if r.process.poll() is None]
     for r in stopped:
         r.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 5.0
     for r in stopped:
-        try:
-            r.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            r.process.kill()
-            r.process.wait()
+        wait_while_working(r.process)
     return stopped
+
+
+def wait_while_working(process: subprocess.Popen[bytes], idle_s: float = 5.0, cap_s: float = 120.0) -> None:
+    """Wait for a stopping process as long as it uses CPU; SIGKILL it once idle for ``idle_s`` or after ``cap_s``.
+
+    A node that closes does real work (a recorder commits its episode, the twin releases its GL
+    context, DDS tears down): on a busy machine that took over 5 s, and a fixed 5 s grace killed a
+    healthy node and failed the run. A hung node uses no CPU, and is still killed after ``idle_s``.
+    """
+    start = last_change = time.monotonic()
+    last_cpu = _cpu_seconds(process.pid)
+    while True:
+        try:
+            process.wait(timeout=0.2)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        now, cpu = time.monotonic(), _cpu_seconds(process.pid)
+        if cpu != last_cpu:
+            last_cpu, last_change = cpu, now
+        if now - last_change > idle_s or now - start > cap_s:
+            process.kill()
+            process.wait()
+            return
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) a process has used, from /proc; None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _check_clean_stop(stopped: list[RunningNode]) -> None:
