@@ -288,7 +288,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
 
 def _collect(a: argparse.Namespace) -> int:
     from tether.graph import collect_graph
-    from tether.teleop.dataset import info
+    from tether.dataset import info
 
     args = _collect_args(a)
     report = Path(args.report)
@@ -375,7 +375,7 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
 
 
 def _dataset(a: argparse.Namespace) -> int:
-    from tether.teleop import dataset
+    from tether import dataset
 
     if not (a.path / "meta" / "info.json").is_file():
         print(f"tether dataset: {a.path} is not a dataset (no meta/info.json)", file=sys.stderr)

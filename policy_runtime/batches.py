@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tether.policy_runtime.dataset import ACTION, IMAGE_PREFIX, STATE, DemoSet
+from tether.dataset.reader import ACTION, IMAGE_PREFIX, STATE, DemoSet
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from tether.errors import PolicyError
 from tether.policy_runtime import manifest as mf
 from tether.policy_runtime.batches import BatchSource
-from tether.policy_runtime.dataset import load_demos
+from tether.dataset.reader import load_demos
 from tether.policy_runtime.models import PolicyModel, export_onnx
 from tether.policy_runtime.threads import count as thread_count
 from tether.policy_runtime.train import RunSpec, load_run, load_weights

@@ -37,7 +37,7 @@ from tether.config import from_dict
 from tether.errors import TetherError
 from tether.policy_runtime import models
 from tether.policy_runtime.batches import Affine, BatchSource, image_stats, mean_std, min_max
-from tether.policy_runtime.dataset import ACTION, STATE, DemoSet, load_demos
+from tether.dataset.reader import ACTION, STATE, DemoSet, load_demos
 
 RUN_FILE = "run.json"
 

@@ -34,3 +34,16 @@ def demo_data() -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def demos_root(tmp_path_factory: pytest.TempPathFactory, so101, demo_data) -> Path:
+    """Three demos, episode 1 recorded as a failure (read-only: a test that edits it works on a copy)."""
+    return demo_data.write_demos(tmp_path_factory.mktemp("demos") / "ds", so101, [12, 15, 9], failed=(1,))
+
+
+@pytest.fixture(scope="session")
+def corrected_root(tmp_path_factory: pytest.TempPathFactory, so101, demo_data) -> Path:
+    """Episode 0: an expert demo. 1: a policy drives 6 frames, then a human corrects. 2: the policy alone."""
+    return demo_data.write_demos(tmp_path_factory.mktemp("corrected") / "ds", so101, [8, 10, 7],
+                                 takeover={1: 6, 2: 99})

@@ -18,7 +18,7 @@ from std_msgs.msg import Bool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from tether.errors import McapLogError  # noqa: E402
-from tether.teleop.mcap_log import McapLog, TopicQos, ros_distro  # noqa: E402
+from tether.teleop.recording.mcap_log import McapLog, TopicQos, ros_distro  # noqa: E402
 
 deserialize_message = rclpy_serialization.deserialize_message
 STORE = get_typestore(Stores.ROS2_KILTED)

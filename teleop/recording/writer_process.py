@@ -4,7 +4,7 @@ Why (issue 4): video encoding (PyAV), parquet and MCAP writing hold the GIL for 
 time. Run in the process that also steps the twin (or reads the cameras), they stalled its control
 loop: obs->command p50 15 / p99 95 ms while collecting, against 4.9 / 9.2 ms in rehearsal. Here the
 recording process only checks a frame, copies its images into shared memory
-(:class:`~tether.teleop.slot_ring.SlotRing`) and sends a few numbers down a pipe; a worker process
+(:class:`~tether.teleop.recording.slot_ring.SlotRing`) and sends a few numbers down a pipe; a worker process
 does the rest under its own GIL. It is started with ``spawn``: forking a process that runs DDS
 threads can copy a held lock into the child.
 
@@ -56,10 +56,10 @@ from tether.errors import (
     WriterDiskFullError,
     WriterProcessError,
 )
-from tether.teleop.dataset.layout import DatasetSpec, disk_full, read_info, spec_from_info
-from tether.teleop.dataset.writer import CommitResult, DatasetWriter, FrameCheck, check_on_abort
-from tether.teleop.mcap_log import McapLog, TopicQos
-from tether.teleop.slot_ring import SlotRing
+from tether.dataset.layout import DatasetSpec, disk_full, read_info, spec_from_info
+from tether.dataset.writer import CommitResult, DatasetWriter, FrameCheck, check_on_abort
+from tether.teleop.recording.mcap_log import McapLog, TopicQos
+from tether.teleop.recording.slot_ring import SlotRing
 
 _CTX = multiprocessing.get_context("spawn")
 _CALL_TIMEOUT_S = 60.0  # start-up (imports, recovering a crashed dataset) and the small calls

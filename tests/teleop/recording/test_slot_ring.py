@@ -7,7 +7,7 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from tether.teleop.slot_ring import SlotRing
+from tether.teleop.recording.slot_ring import SlotRing
 
 CTX = multiprocessing.get_context("spawn")
 

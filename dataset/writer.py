@@ -49,9 +49,9 @@ from tether.errors import (
     EpisodeStateError,
     UnknownCameraError,
 )
-from tether.teleop.dataset import stats as st
-from tether.teleop.durable import fsync_dir, fsync_file
-from tether.teleop.dataset.layout import (
+from tether.dataset import stats as st
+from tether.teleop.recording.durable import fsync_dir, fsync_file
+from tether.dataset.layout import (
     CONTROL_SOURCES,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_DATA_FILE_SIZE_IN_MB,
@@ -93,7 +93,7 @@ def check_on_abort(value: str) -> str:
     return value
 
 if TYPE_CHECKING:
-    from tether.teleop.dataset.recover import RecoveryReport
+    from tether.dataset.recover import RecoveryReport
 
 
 # ---------------------------------------------------------------- frames
@@ -772,7 +772,7 @@ class DatasetWriter:
     @classmethod
     def open_existing(cls, root: Path | str, *, segment_seconds: float = 1.0, commit_hook: CommitHook | None = None) -> DatasetWriter:
         """Append to a dataset; first recovers whatever a crash left (report in ``.recovery``)."""
-        from tether.teleop.dataset.recover import recover
+        from tether.dataset.recover import recover
 
         report = recover(Path(root))
         writer = cls(Path(root), segment_seconds, commit_hook)

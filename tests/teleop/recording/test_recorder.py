@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tether.errors import UnknownCameraError
-from tether.teleop.recorder import FrameSampler
+from tether.teleop.recording.recorder import FrameSampler
 
 MS = 1_000_000
 RGB = np.zeros((4, 6, 3), np.uint8)

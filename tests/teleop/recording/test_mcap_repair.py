@@ -27,9 +27,9 @@ from rosbags.rosbag2 import Reader  # noqa: E402
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore  # noqa: E402
 
 from tether.errors import McapLogError  # noqa: E402
-from tether.teleop.mcap_log import McapLog, TopicQos  # noqa: E402
-from tether.teleop.mcap_repair import WORK, needs_repair, repair  # noqa: E402
-from tether_tests_cdr import KILTED, joint_state  # tests/teleop/cdr.py, loaded by conftest
+from tether.teleop.recording.mcap_log import McapLog, TopicQos  # noqa: E402
+from tether.teleop.recording.mcap_repair import WORK, needs_repair, repair  # noqa: E402
+from tether_tests_cdr import KILTED, joint_state  # tests/teleop/recording/cdr.py, loaded by conftest
 
 T0 = 1_700_000_000_000_000_000
 STREAM = TopicQos("reliable", "volatile", "keep_last", 600)
@@ -42,7 +42,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
     from rosbags.typesys import Stores, get_typestore
-    from tether.teleop.mcap_log import McapLog, TopicQos
+    from tether.teleop.recording.mcap_log import McapLog, TopicQos
 
     store = get_typestore(Stores.ROS2_KILTED)
     T = store.types

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tether.errors import DatasetLayoutError
-from tether.teleop.dataset import DatasetSpec, DatasetWriter, recover, validate
+from tether.dataset import DatasetSpec, DatasetWriter, recover, validate
 
 HELPER = Path(__file__).with_name("helpers_kill_writer.py")
 FPS = 20
@@ -248,7 +248,7 @@ def cut_off_log(bag: Path, stamps_ns: list[int]) -> None:
     """A raw log of JointStates at ``stamps_ns`` as a kill -9 leaves it: flushed, never closed."""
     from rosbags.typesys import Stores, get_typestore
 
-    from tether.teleop.mcap_log import McapLog
+    from tether.teleop.recording.mcap_log import McapLog
 
     store = get_typestore(Stores.ROS2_KILTED)
     t = store.types

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from tether.errors import DatasetError, DatasetLayoutError
 from tether.robot_profile import RobotProfile
-from tether.teleop.durable import fsync_dir, fsync_file
+from tether.teleop.recording.durable import fsync_dir, fsync_file
 
 CODEBASE_VERSION = "v3.0"
 DEFAULT_CHUNK_SIZE = 1000

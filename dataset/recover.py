@@ -12,7 +12,7 @@ Four things can be left behind, handled in this order:
    or the episode was being committed as truncated by ``close()`` after its session failed).
 4. ``<root>_mcap/episode_XXXXXX/`` bags that no reader opens (no ``metadata.yaml``, no footer: the
    recording was killed): each is rebuilt in place from what reached its file
-   (:func:`tether.teleop.mcap_repair.repair`), and the report says how much was kept and lost.
+   (:func:`tether.teleop.recording.mcap_repair.repair`), and the report says how much was kept and lost.
 
 On a full disk it stops with :class:`~tether.errors.DiskFullError` (one line: the cause, and to free
 space and run ``tether dataset recover`` again), having removed the files its own unfinished step
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether.errors import DatasetError, DiskFullError, McapLogError
-from tether.teleop.dataset.layout import (
+from tether.dataset.layout import (
     TMP_SUFFIX,
     DatasetLock,
     Layout,
@@ -36,8 +36,8 @@ from tether.teleop.dataset.layout import (
     read_info,
     spec_from_info,
 )
-from tether.teleop.dataset.writer import Commit, DatasetState, StagedEpisode, apply_journal
-from tether.teleop.mcap_repair import WORK, LogRepair, bags, needs_repair, repair
+from tether.dataset.writer import Commit, DatasetState, StagedEpisode, apply_journal
+from tether.teleop.recording.mcap_repair import WORK, LogRepair, bags, needs_repair, repair
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from tether.robot_profile import load_profile
-from tether.teleop.dataset import DatasetSpec
-from tether.teleop.writer_process import WriterProcess
+from tether.dataset import DatasetSpec
+from tether.teleop.recording.writer_process import WriterProcess
 
 IMAGE_SIZE = (48, 64)
 

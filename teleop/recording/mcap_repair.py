@@ -3,7 +3,7 @@
     if needs_repair(bag):
         print(repair(bag))   # kept 1480 messages on 3 topics (14.80 s); lost: 212 bytes cut off after them, ...
 
-What a kill -9 (or a full disk) leaves of a :class:`~tether.teleop.mcap_log.McapLog`: the MCAP
+What a kill -9 (or a full disk) leaves of a :class:`~tether.teleop.recording.mcap_log.McapLog`: the MCAP
 header, every chunk the log flushed (about one a second), perhaps the start of the chunk it was
 writing, and no summary, footer or ``metadata.yaml``. Readers refuse it: rosbags wants
 ``metadata.yaml``, and the ``mcap`` reader, looking for a footer, fails with
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import McapLogError
-from tether.teleop.durable import fsync_dir, fsync_file
-from tether.teleop.mcap_log import finish_bag, ros_distro
+from tether.teleop.recording.durable import fsync_dir, fsync_file
+from tether.teleop.recording.mcap_log import finish_bag, ros_distro
 
 MAGIC = b"\x89MCAP0\r\n"
 # MCAP record opcodes (https://mcap.dev/spec).

@@ -25,11 +25,11 @@ from rosbags.typesys import Stores, get_typestore
 
 from tether.cli import main
 from tether.errors import DatasetError, DatasetFrameError, McapLogError, WriterDiskFullError, WriterProcessError
-from tether.teleop.dataset import DatasetSpec, recover, validate
-from tether.teleop.dataset.layout import Layout
-from tether.teleop.mcap_log import TopicQos
-from tether.teleop.writer_process import WriterProcess
-from tether_tests_cdr import KILTED, joint_state  # tests/teleop/cdr.py, loaded by conftest
+from tether.dataset import DatasetSpec, recover, validate
+from tether.dataset.layout import Layout
+from tether.teleop.recording.mcap_log import TopicQos
+from tether.teleop.recording.writer_process import WriterProcess
+from tether_tests_cdr import KILTED, joint_state  # tests/teleop/recording/cdr.py, loaded by conftest
 
 IMAGE_SIZE = (48, 64)
 FPS = 30  # 1 s segments: 30 frames each

@@ -23,7 +23,7 @@ a chunk in about a minute and a half at 100 Hz), and neither rosbags nor ``ros2 
 opens the bag. So this log also closes the chunk and flushes
 it to the OS on the first write ``flush_period`` seconds after the last flush: a kill -9 loses
 about that much (a power cut also what the OS had not yet written), and
-:func:`tether.teleop.mcap_repair.repair` (run by ``tether dataset recover``) rebuilds a crashed bag
+:func:`tether.teleop.recording.mcap_repair.repair` (run by ``tether dataset recover``) rebuilds a crashed bag
 in place from its complete chunks. ``close()`` is idempotent;
 a ``with`` block that ends in an exception still closes the log normally (rosbags' own context
 manager would ``abort``, dropping the index and metadata of data that is perfectly good).

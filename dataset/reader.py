@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tether.errors import DatasetError, DatasetLayoutError
-from tether.teleop.dataset import layout
-from tether.teleop.dataset.layout import read_episodes, require
+from tether.dataset import layout
+from tether.dataset.layout import read_episodes, require
 
 STATE = "observation.state"
 ACTION = "action"

@@ -4,7 +4,7 @@
 and returns a list of problems, empty when the dataset is sound. ``quick=True`` reads frame
 times from the mp4 packets without decoding them: every check but the pixel means, in a
 fraction of the time. ``info(root)`` is a short human summary. Both say so when tether's own
-per-episode columns are missing (see :mod:`tether.teleop.dataset.layout`), never assume a value.
+per-episode columns are missing (see :mod:`tether.dataset.layout`), never assume a value.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from tether.errors import DatasetLayoutError
-from tether.teleop.dataset import stats as st
-from tether.teleop.dataset.layout import (
+from tether.dataset import stats as st
+from tether.dataset.layout import (
     CONTROL_SOURCES,
     PHASES,
     TETHER_COLUMNS,
@@ -34,7 +34,7 @@ from tether.teleop.dataset.layout import (
     read_episodes,
     read_info,
 )
-from tether.teleop.mcap_repair import bags, needs_repair
+from tether.teleop.recording.mcap_repair import bags, needs_repair
 
 TIME_TOLERANCE_S = 1e-4  # LeRobot's default tolerance_s between queried and decoded timestamps
 IMAGE_MEAN_TOLERANCE = 0.05  # H.264 at crf 23 moves channel means by far less than this
@@ -331,7 +331,7 @@ def validate(root: Path | str, *, quick: bool = False, progress: bool = False) -
 def info(root: Path | str) -> str:
     """Episodes, frames, duration, cameras, tasks, outcomes and interventions in a few lines.
 
-    A column tether needs that is missing (see :mod:`tether.teleop.dataset.layout`) reads
+    A column tether needs that is missing (see :mod:`tether.dataset.layout`) reads
     "unknown (column missing)", never as zero.
     """
     layout = Layout(Path(root))

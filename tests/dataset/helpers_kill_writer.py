@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tether.robot_profile import load_profile
-from tether.teleop.dataset import DatasetSpec, DatasetWriter
+from tether.dataset import DatasetSpec, DatasetWriter
 
 IMAGE_SIZE = (48, 64)
 TASK = "pick the cube"

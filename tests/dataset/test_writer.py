@@ -21,8 +21,8 @@ from tether.errors import (
     TetherError,
     UnknownCameraError,
 )
-from tether.teleop.dataset import DatasetSpec, DatasetWriter, info, validate
-from tether.teleop.dataset.layout import TETHER_COLUMNS, MissingEpisodeColumnError
+from tether.dataset import DatasetSpec, DatasetWriter, info, validate
+from tether.dataset.layout import TETHER_COLUMNS, MissingEpisodeColumnError
 
 FPS = 10
 SIZE = (48, 64)  # height, width
@@ -374,7 +374,7 @@ def test_dataset_stats_match_all_the_data(pristine):
 
 
 def test_quick_validation_reads_the_same_frame_times_without_decoding(pristine):
-    from tether.teleop.dataset.validate import _Decoded
+    from tether.dataset.validate import _Decoded
 
     path = pristine / "videos/observation.images.front/chunk-000/file-000.mp4"
     decoded, packets = _Decoded(path), _Decoded(path, pixels=False)
