@@ -36,7 +36,8 @@ from tether.dataset.layout import (
     read_info,
     spec_from_info,
 )
-from tether.dataset.writer import Commit, DatasetState, StagedEpisode, apply_journal
+from tether.dataset.commit import Commit, DatasetState, apply_journal
+from tether.dataset.staging import StagedEpisode
 from tether.teleop.recording.mcap_repair import WORK, LogRepair, bags, needs_repair, repair
 
 
