@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from tether.errors import ManifestError, PolicyError, PolicyOutputError
-from tether.policy_runtime.manifest import (
+from tether.policy_runtime.runtime.manifest import (
     ACTION,
     IMAGE_PREFIX,
     NOISE,
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from tether.robot_profile import RobotProfile
 
 # The model shipped with the repo for the default robot (models/ beside config/).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "so101_pick_place_act_int8"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "so101_pick_place_act_int8"
 # One intra-op thread: on the 2-core target the gate's 200 Hz stream and the twin need the other core, and
 # on the CPU-sized ACT (2 cameras at 96x96) a second thread was slower, not faster, on this shared 2-core machine.
 DEFAULT_THREADS = 1

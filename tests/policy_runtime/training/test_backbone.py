@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tether.errors import ConfigError
-from tether.policy_runtime.backbone import ResNet, SpatialSoftmax, norm_layer
+from tether.policy_runtime.training.backbone import ResNet, SpatialSoftmax, norm_layer
 
 
 def test_spatial_softmax_finds_the_peak_of_a_one_hot_map() -> None:

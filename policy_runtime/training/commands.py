@@ -77,7 +77,7 @@ def _check_train(check: Preflight, a: argparse.Namespace) -> None:
 def _train(a: argparse.Namespace) -> int:
     import dataclasses
 
-    from tether.policy_runtime import train as tr
+    from tether.policy_runtime.training import train as tr
 
     check = Preflight("train")
     _check_train(check, a)
@@ -111,8 +111,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(a: argparse.Namespace) -> int:
-    from tether.policy_runtime.export import export
-    from tether.policy_runtime.train import load_run
+    from tether.policy_runtime.training.export import export
+    from tether.policy_runtime.training.train import load_run
 
     check = Preflight("export")
     check.positive("--tolerance", a.tolerance, " rad")

@@ -29,13 +29,13 @@ import torch
 from tqdm import tqdm
 
 from tether.errors import PolicyError, TetherError
-from tether.policy_runtime import export as ex
-from tether.policy_runtime import manifest as mf
-from tether.policy_runtime import models
-from tether.policy_runtime.models import PolicyModel
-from tether.policy_runtime.runtime import DEFAULT_MODEL_DIR, PolicyRuntime
-from tether.policy_runtime.threads import count as thread_count
-from tether.policy_runtime.train import TrainConfig, load_run, load_weights
+from tether.policy_runtime.training import export as ex
+from tether.policy_runtime.runtime import manifest as mf
+from tether.policy_runtime.training import models
+from tether.policy_runtime.training.models import PolicyModel
+from tether.policy_runtime.runtime.inference import DEFAULT_MODEL_DIR, PolicyRuntime
+from tether.policy_runtime.runtime.threads import count as thread_count
+from tether.policy_runtime.training.train import TrainConfig, load_run, load_weights
 from tether.report import write_benchmark
 
 if TYPE_CHECKING:

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tether.errors import ConfigError
-from tether.policy_runtime.backbone import NORMS, ResNet
-from tether.policy_runtime.models import (ACTION, ACTION_IS_PAD, STATE, PolicyModel, as_int_tuple, hold_padding,
-                                          image_key, masked_mean, require_backbone_width, require_positive)
+from tether.policy_runtime.training.backbone import NORMS, ResNet
+from tether.policy_runtime.training.policy_model import (ACTION, ACTION_IS_PAD, STATE, PolicyModel, as_int_tuple,
+                                                         hold_padding, image_key, masked_mean, require_backbone_width,
+                                                         require_positive)
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tether.errors import ConfigError, PolicyError
-from tether.policy_runtime.backbone import NORMS, ResNet, SpatialSoftmax
-from tether.policy_runtime.models import (ACTION, ACTION_IS_PAD, NOISE, STATE, PolicyModel, as_int_tuple, hold_padding,
-                                          image_key, masked_mean, require_backbone_width,
-                                          require_positive)
+from tether.policy_runtime.training.backbone import NORMS, ResNet, SpatialSoftmax
+from tether.policy_runtime.runtime.manifest import NOISE
+from tether.policy_runtime.training.policy_model import (ACTION, ACTION_IS_PAD, STATE, PolicyModel, as_int_tuple,
+                                                         hold_padding, image_key, masked_mean, require_backbone_width,
+                                                         require_positive)
 
 UNET_BLOCKS = ("group_mish", "batch_relu")
 

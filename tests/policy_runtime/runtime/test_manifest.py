@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tether.errors import ManifestError, ModelMismatchError
-from tether.policy_runtime.manifest import MANIFEST, STATE, check_matches_profile, load_manifest, sha256_of
-from tether.policy_runtime.runtime import PolicyRuntime, check_graph_matches_manifest
+from tether.policy_runtime.runtime.manifest import MANIFEST, STATE, check_matches_profile, load_manifest, sha256_of
+from tether.policy_runtime.runtime.inference import PolicyRuntime, check_graph_matches_manifest
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tether.errors import ConfigError
-from tether.policy_runtime.scheduler import ChunkScheduler, SchedulerConfig, SchedulerEmpty
+from tether.policy_runtime.runtime.scheduler import ChunkScheduler, SchedulerConfig, SchedulerEmpty
 
 P = 0.1  # action period
 

@@ -34,12 +34,12 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from tether.errors import PolicyError
-from tether.policy_runtime import manifest as mf
-from tether.policy_runtime.batches import BatchSource
+from tether.policy_runtime.runtime import manifest as mf
+from tether.policy_runtime.training.batches import BatchSource
 from tether.dataset.reader import load_demos
-from tether.policy_runtime.models import PolicyModel, export_onnx
-from tether.policy_runtime.threads import count as thread_count
-from tether.policy_runtime.train import RunSpec, load_run, load_weights
+from tether.policy_runtime.training.models import PolicyModel, export_onnx
+from tether.policy_runtime.runtime.threads import count as thread_count
+from tether.policy_runtime.training.train import RunSpec, load_run, load_weights
 
 MODES = ("none", "int8")
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""``tether train``: one trainer for every policy in :mod:`tether.policy_runtime.models`.
+"""``tether train``: one trainer for every policy in :mod:`tether.policy_runtime.training.models`.
 
 A run folder holds ``run.json`` (what was trained on, the policy config, the
 normalization), ``metrics.jsonl``, ``loss.png`` and ``checkpoints/step_NNNNNNN/``
@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from tether.config import from_dict
 from tether.errors import TetherError
-from tether.policy_runtime import models
-from tether.policy_runtime.batches import Affine, BatchSource, image_stats, mean_std, min_max
+from tether.policy_runtime.training import models
+from tether.policy_runtime.training.batches import Affine, BatchSource, image_stats, mean_std, min_max
 from tether.dataset.reader import ACTION, STATE, DemoSet, load_demos
 
 RUN_FILE = "run.json"

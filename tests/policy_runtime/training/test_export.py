@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 
 from tether.errors import PolicyError
-from tether.policy_runtime import train as tr
-from tether.policy_runtime.export import export, held_out_inputs, held_out_source, quantize_variants, to_onnx
-from tether.policy_runtime.manifest import load_manifest
+from tether.policy_runtime.training import train as tr
+from tether.policy_runtime.training.export import export, held_out_inputs, held_out_source, quantize_variants, to_onnx
+from tether.policy_runtime.runtime.manifest import load_manifest
 
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tether.errors import ConfigError, PolicyError
-from tether.policy_runtime.diffusion import DiffusionConfig, DiffusionPolicy, NoiseSchedule
-from tether.policy_runtime.models import build_policy, export_onnx, hold_padding
+from tether.policy_runtime.training.diffusion import DiffusionConfig, DiffusionPolicy, NoiseSchedule
+from tether.policy_runtime.training.models import build_policy, export_onnx, hold_padding
 
 STATE_DIM, ACTION_DIM, CAMERAS, IMAGE = 4, 3, ["front"], (32, 32)
 # Tiny: one ResNet stage (stride 4: an 8x8 keypoint grid), a two-level UNet, 5 DDIM steps.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tether.errors import PolicyError, PolicyOutputError
-from tether.policy_runtime.runtime import (
+from tether.policy_runtime.runtime.inference import (
     InferenceResult,
     InferenceWorker,
     Observation,
@@ -29,10 +29,33 @@ def load(tmp_path: Path, fx, **kw) -> tuple[PolicyRuntime, Any]:
     return PolicyRuntime.load(fx.write_model(tmp_path / "model", p)), p
 
 
+RUNTIME = "tether.policy_runtime.runtime"
+# The one torch import the runtime holds: threads.fix(torch=True), which only commands that train, export or
+# benchmark ask for, sets torch's thread count before any torch work.
+OPT_IN_TORCH = {"tether.policy_runtime.runtime.threads": {"torch"}}
+
+
 def test_importing_the_runtime_does_not_import_torch() -> None:
-    code = "import sys, tether.policy_runtime.runtime, tether.policy_runtime.scheduler; print('torch' in sys.modules)"
+    code = ("import importlib, pkgutil, sys, tether.policy_runtime.runtime as r\n"
+            "for m in pkgutil.walk_packages(r.__path__, r.__name__ + '.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_no_runtime_module_reaches_torch_or_the_training_code_through_any_import(import_graph) -> None:
+    """Read from the source, so an import inside a function counts too: the runtime subpackage and every tether
+    module it reaches import no torch (but for the opt-in above) and nothing of policy_runtime.training."""
+    found = import_graph.modules("tether")
+    edges = import_graph.graph(found)
+    runtime = {m for m in found if m == RUNTIME or m.startswith(RUNTIME + ".")}
+    reached = runtime.union(*(import_graph.reachable(edges, m) for m in runtime))
+    assert not sorted(m for m in reached if m.startswith("tether.policy_runtime.training"))
+    torch_imports = {m: names for m in sorted(reached)
+                     if (names := {n for n in import_graph.imported_names(m, found[m])
+                                   if n.split(".")[0] == "torch" or n == "safetensors.torch"})}
+    assert torch_imports == OPT_IN_TORCH
 
 
 def test_normalization_round_trip_gives_the_exact_action(tmp_path: Path, fx) -> None:

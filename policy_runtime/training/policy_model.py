@@ -1,35 +1,26 @@
-"""The interface every policy network shares, and the registry that builds one by name.
+"""The interface every policy network shares: what ACT and Diffusion subclass, and the checks they share.
 
 A policy sees tensors that the caller has already normalized (see ``manifest.py``):
 ``observation.state`` [B, n_obs, state_dim], ``observation.images.<cam>`` [B, n_obs, 3, H, W],
 and in training ``action`` [B, k, action_dim] with ``action_is_pad`` [B, k] (True past the
 episode's end). Action 0 of a chunk is the action at the last observation's time.
-
-Build from a saved checkpoint with ``build_policy_from_spec(json.loads(...))``: ``spec()``
-holds everything the constructor needs, as JSON-safe values.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from tether.config import from_dict
 from tether.errors import ConfigError, PolicyError
-from tether.policy_runtime.manifest import ACTION, IMAGE_PREFIX, NOISE, STATE
-from tether.policy_runtime.manifest import POLICIES as POLICY_NAMES
+from tether.policy_runtime.runtime.manifest import ACTION, IMAGE_PREFIX, STATE
 
 ACTION_IS_PAD = "action_is_pad"
-SIZES = ("cpu", "paper")
-OPSET = 17
 
 
 class PolicyConfig(Protocol):
@@ -206,96 +197,3 @@ def _check_dims(state_dim: int, action_dim: int, cameras: list[str], image_size:
             raise PolicyError(f"camera name {cam!r} must be non-empty and have no '.'; cameras: {cameras}")
     if len(set(cameras)) != len(cameras):
         raise PolicyError(f"camera names repeat: {cameras}")
-
-
-# --- registry ------------------------------------------------------------------------------
-# act.py and diffusion.py subclass PolicyModel from here, so the registry imports them lazily.
-
-def _registry() -> dict[str, tuple[type[Any], type[PolicyModel]]]:
-    from tether.policy_runtime.act import ACTConfig, ACTPolicy
-    from tether.policy_runtime.diffusion import DiffusionConfig, DiffusionPolicy
-    return {"act": (ACTConfig, ACTPolicy), "diffusion": (DiffusionConfig, DiffusionPolicy)}
-
-
-def __getattr__(name: str) -> Any:
-    """``POLICIES`` (name -> model class) and ``CONFIGS`` (name -> config class), built on use."""
-    if name == "POLICIES":
-        return {k: v[1] for k, v in _registry().items()}
-    if name == "CONFIGS":
-        return {k: v[0] for k, v in _registry().items()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _entry(name: str) -> tuple[type[Any], type[PolicyModel]]:
-    registry = _registry()
-    if name not in registry:
-        raise PolicyError(f"unknown policy '{name}'; valid: {', '.join(POLICY_NAMES)}")
-    return registry[name]
-
-
-def config_for(name: str, size: str = "cpu") -> Any:
-    """The default config of a policy: ``cpu`` (trains on a laptop) or ``paper`` (GPU)."""
-    config_cls, _ = _entry(name)
-    if size == "cpu":
-        return config_cls()
-    if size == "paper":
-        return config_cls.paper()
-    raise PolicyError(f"unknown config size '{size}'; valid: {', '.join(SIZES)}")
-
-
-def config_from_dict(name: str, data: Mapping[str, Any], where: str = "") -> Any:
-    """A policy config from its ``dataclasses.asdict`` form (e.g. read back from JSON); bad keys or
-    values raise ConfigError naming ``where``."""
-    config_cls, _ = _entry(name)
-    return from_dict(config_cls, dict(data), where or f"{name} config")
-
-
-def build_policy(name: str, config: object | None, state_dim: int, action_dim: int, cameras: list[str],
-                 image_size: tuple[int, int]) -> PolicyModel:
-    """A policy by name; ``config`` is its config dataclass, a dict of one, or None (the CPU default)."""
-    config_cls, policy_cls = _entry(name)
-    built: Any
-    if config is None:
-        built = config_cls()
-    elif isinstance(config, Mapping):
-        built = config_from_dict(name, config)
-    elif isinstance(config, config_cls):
-        built = config
-    else:
-        raise PolicyError(f"policy '{name}' takes a {config_cls.__name__}, got {type(config).__name__}")
-    return policy_cls(built, state_dim, action_dim, cameras, image_size)
-
-
-def build_policy_from_spec(spec: Mapping[str, Any]) -> PolicyModel:
-    """Rebuild the (untrained) network that ``PolicyModel.spec()`` described; load weights after."""
-    keys = ("policy", "config", "state_dim", "action_dim", "cameras", "image_size")
-    missing = [k for k in keys if k not in spec]
-    if missing:
-        raise PolicyError(f"policy spec lacks {', '.join(missing)}; it has: {', '.join(sorted(spec))}")
-    h, w = spec["image_size"]
-    return build_policy(spec["policy"], spec["config"], int(spec["state_dim"]), int(spec["action_dim"]),
-                        list(spec["cameras"]), (int(h), int(w)))
-
-
-def export_onnx(policy: PolicyModel, path: Path | str, batch_size: int = 1) -> Path:
-    """Write the policy's graph (inputs ``export_input_names()``, output ``action``) to ``path``.
-
-    The TorchScript exporter (``dynamo=False``) gives a flat graph of standard ops that
-    onnxruntime's quantizers take as is; the batch dimension is fixed.
-    """
-    path = Path(path)
-    module = policy.export_module()
-    with warnings.catch_warnings():
-        # Its deprecation notice says nothing actionable here.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        # GroupNorm's own batch-size check in torch; shapes are fixed in the graph anyway.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn.functional")
-        torch.onnx.export(module, policy.export_example_inputs(batch_size), str(path),
-                          input_names=policy.export_input_names(), output_names=[ACTION],
-                          opset_version=OPSET, dynamo=False)
-    return path
-
-
-__all__ = ["ACTION", "ACTION_IS_PAD", "NOISE", "STATE", "PolicyModel", "build_policy", "build_policy_from_spec",
-           "config_for", "config_from_dict", "export_onnx", "hold_padding", "image_key", "masked_mean"]

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from tether.dataset.reader import load_demos
-from tether.policy_runtime.batches import Affine, BatchSource, min_max, random_shift
-from tether.policy_runtime.train import normalization
+from tether.policy_runtime.training.batches import Affine, BatchSource, min_max, random_shift
+from tether.policy_runtime.training.train import normalization
 
 
 def identity_norms(joints: int = 6) -> dict[str, Affine]:

@@ -13,10 +13,10 @@ import torch
 
 from tether.config import from_dict
 from tether.errors import ConfigError, PolicyError
-from tether.policy_runtime import models
-from tether.policy_runtime.act import ACTConfig, ACTPolicy
-from tether.policy_runtime.models import (build_policy, build_policy_from_spec, config_for, config_from_dict,
-                                          export_onnx)
+from tether.policy_runtime.training import models
+from tether.policy_runtime.training.act import ACTConfig, ACTPolicy
+from tether.policy_runtime.training.models import (build_policy, build_policy_from_spec, config_for, config_from_dict,
+                                                   export_onnx)
 
 STATE_DIM, ACTION_DIM, CAMERAS, IMAGE = 4, 3, ["front", "wrist"], (32, 32)
 # Tiny: one residual block per stage, 32x32 images -> a 1x1 grid, so each camera is one token.
@@ -184,7 +184,7 @@ def test_unknown_policy_and_size_name_the_valid_ones() -> None:
 
 
 def test_the_registry_lists_both_policies_and_their_configs() -> None:
-    from tether.policy_runtime.diffusion import DiffusionConfig, DiffusionPolicy
+    from tether.policy_runtime.training.diffusion import DiffusionConfig, DiffusionPolicy
     assert models.POLICIES == {"act": ACTPolicy, "diffusion": DiffusionPolicy}
     assert models.CONFIGS == {"act": ACTConfig, "diffusion": DiffusionConfig}
     assert isinstance(build_policy("diffusion", None, STATE_DIM, ACTION_DIM, [], IMAGE), DiffusionPolicy)

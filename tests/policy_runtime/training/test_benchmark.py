@@ -10,7 +10,7 @@ import pytest
 
 from tether.cli import main
 from tether.errors import TetherError
-from tether.policy_runtime import benchmark as bench
+from tether.policy_runtime.training import benchmark as bench
 
 
 def test_bench_policy_reports_every_figure_against_eager(run: Path) -> None:

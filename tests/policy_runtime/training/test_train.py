@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tether.policy_runtime import train as tr
-from tether.policy_runtime.train import TrainConfig, TrainError
+from tether.policy_runtime.training import train as tr
+from tether.policy_runtime.training.train import TrainConfig, TrainError
 
 CONFIG = TrainConfig(steps=6, batch_size=4, warmup_steps=2, val_every=3, checkpoint_every=3, val_samples=8,
                      image_size=32)

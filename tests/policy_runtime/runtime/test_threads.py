@@ -10,7 +10,7 @@ import torch
 
 from tether.cli import main
 from tether.errors import TetherError
-from tether.policy_runtime import threads
+from tether.policy_runtime.runtime import threads
 
 
 @pytest.mark.parametrize("run", ["act"], indirect=True)  # one policy: the code paths are the same
