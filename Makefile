@@ -15,7 +15,7 @@ install: $(STAMP)
 
 # Re-runs only when packaging changes or a module is added/removed (folder mtimes): the strict
 # editable install links each file, and a second `make install` does nothing.
-PACKAGE_DIRS := core sim teleop teleop/dataset policy_runtime calibration ros2_ws/src/tether_ros/tether_ros
+PACKAGE_DIRS := core sim teleop teleop/recording dataset policy_runtime policy_runtime/runtime policy_runtime/training calibration ros2_ws/src/tether_ros/tether_ros
 $(STAMP): pyproject.toml Makefile ros2_ws/src/tether_ros/setup.py scripts/system_deps.sh $(PACKAGE_DIRS)
 	bash scripts/system_deps.sh $(APT_PACKAGES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from tether.errors import TetherError
 from tether.graph import NodeSpec
 from tether.graph_args import graph_arguments
-from tether.policy_runtime import threads
-from tether.policy_runtime.commands import add_export, add_train
+from tether.policy_runtime.runtime import threads
+from tether.policy_runtime.training.commands import add_export, add_train
 from tether.preflight import Preflight, UsageError
 
 if TYPE_CHECKING:
@@ -217,8 +217,8 @@ def _policy_model(check: Preflight, model_dir: Path | None, profile: RobotProfil
                   camera_size: list[int] | None) -> tuple[str, tuple[int, int]]:
     """(model folder, twin camera size): the model must fit the robot, its graph must be what its manifest
     says (as the policy node checks at start), and the twin renders at its image size."""
-    from tether.policy_runtime.manifest import check_matches_profile, load_manifest
-    from tether.policy_runtime.runtime import check_graph_matches_manifest, resolve_model_dir
+    from tether.policy_runtime.runtime.manifest import check_matches_profile, load_manifest
+    from tether.policy_runtime.runtime.inference import check_graph_matches_manifest, resolve_model_dir
 
     with check.about("--policy"):
         folder = resolve_model_dir(model_dir or "")
@@ -294,7 +294,7 @@ def _add_collect(sub: argparse._SubParsersAction) -> None:
 
 def _collect(a: argparse.Namespace) -> int:
     from tether.graph import collect_graph
-    from tether.teleop.dataset import info
+    from tether.dataset import info
 
     args = _collect_args(a)
     report = Path(args.report)
@@ -373,7 +373,7 @@ def _add_dataset(sub: argparse._SubParsersAction) -> None:
 
 
 def _dataset(a: argparse.Namespace) -> int:
-    from tether.teleop import dataset
+    from tether import dataset
 
     if not (a.path / "meta" / "info.json").is_file():
         print(f"tether dataset: {a.path} is not a dataset (no meta/info.json)", file=sys.stderr)
@@ -427,7 +427,7 @@ _BENCH_RUNS = {"act": Path("runs/e2e/act"), "diffusion": Path("runs/e2e/diffusio
 
 
 def _bench_policy(a: argparse.Namespace) -> int:
-    from tether.policy_runtime import benchmark
+    from tether.policy_runtime.training import benchmark
     from tether.robot_profile import load_profile
 
     chosen = benchmark.resolve_runs({p: getattr(a, p) for p in a.policies}, _BENCH_RUNS)

@@ -79,7 +79,7 @@ SOURCES = ("expert", "policy")
 # every node runs on it (use_sim_time); a busy machine slows the simulated world instead, so
 # nothing is skipped: what unattended data collection wants.
 CLOCKS = ("wall", "sim")
-# The policy node's chunk schedulers (tether.policy_runtime.scheduler.MODES; a test keeps them equal).
+# The policy node's chunk schedulers (tether.policy_runtime.runtime.scheduler.MODES; a test keeps them equal).
 SCHEDULERS = ("ensemble", "switch")
 
 _CLOCK_HELP = ("wall: the twin keeps real time, as a robot would, and the report measures latency; sim: the twin "

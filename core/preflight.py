@@ -78,7 +78,7 @@ class Preflight:
         self.writable_folder(flag, path)
         if not path.is_dir() or not any(path.iterdir()):
             return
-        from tether.teleop.dataset.layout import Layout, read_info
+        from tether.dataset.layout import Layout, read_info
 
         if not Layout(path).info_path.is_file():
             self.refuse(f"{flag} {path} is not a LeRobot dataset (no meta/info.json) and not empty: it holds "
@@ -88,7 +88,7 @@ class Preflight:
             read_info(path)
 
     def dataset_to_read(self, flag: str, path: Path) -> None:
-        from tether.teleop.dataset.layout import Layout, read_info
+        from tether.dataset.layout import Layout, read_info
 
         if not Layout(path).info_path.is_file():
             what = "does not exist" if not path.exists() else "is not a LeRobot dataset (no meta/info.json)"

@@ -1,1 +1,1 @@
-"""Policy runtime: ONNX inference, chunk scheduling, export and quantization."""
+"""Policies: the torch-free runtime that runs on the robot (runtime/) and, apart, training with torch (training/)."""

@@ -16,7 +16,7 @@ import pytest
 
 from tether import cli
 from tether.robot_profile import RobotProfile
-from tether.teleop.dataset import DatasetSpec, DatasetWriter
+from tether.dataset import DatasetSpec, DatasetWriter
 
 GRAPH_STARTED = 99  # the stand-in runner's exit code: the arguments got past every check
 

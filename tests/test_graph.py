@@ -79,7 +79,7 @@ def test_an_unknown_clock_lists_the_valid_ones() -> None:
 
 def test_the_declared_schedulers_are_the_policy_nodes() -> None:
     from tether.graph import SCHEDULERS
-    from tether.policy_runtime.scheduler import MODES
+    from tether.policy_runtime.runtime.scheduler import MODES
 
     assert set(SCHEDULERS) == set(MODES)
 

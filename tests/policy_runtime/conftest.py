@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tether.policy_runtime import threads
+from tether.policy_runtime.runtime import threads
 
 # The suite fixes its thread count before any torch work, as `tether` does at start-up: one thread unless
 # TETHER_THREADS says otherwise (tiny nets train faster on one, and the other core stays free). A test that
@@ -24,7 +24,7 @@ from tether.policy_runtime import threads
 threads.fix(threads.requested() or 1, torch=True)
 THREADS_ENV = threads.ENV
 
-from tether.policy_runtime import train as tr  # noqa: E402  (imports torch: after the thread count is fixed)
+from tether.policy_runtime.training import train as tr  # noqa: E402  (imports torch: after the thread count is fixed)
 
 FIXTURES = Path(__file__).with_name("onnx_fixtures.py")
 

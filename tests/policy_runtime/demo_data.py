@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tether.robot_profile import RobotProfile
-from tether.teleop.dataset import DatasetSpec, DatasetWriter
+from tether.dataset import DatasetSpec, DatasetWriter
 
 FPS = 10
 # Tiny networks for tests of the trainer and the exporter, not of learning the task. Backbone width 8, not 4:

@@ -28,9 +28,9 @@ from rosbags.typesys import Stores, get_typestore
 from tether.cli import main
 from tether.errors import TetherError
 from tether.graph import CollectArgs, collect_graph
+from tether.dataset import validate
+from tether.dataset.layout import Layout
 from tether.report import dropped_frames
-from tether.teleop.dataset import validate
-from tether.teleop.dataset.layout import Layout
 from tether_ros.conversions import DIAGNOSTICS
 
 
@@ -188,8 +188,9 @@ def test_a_killed_writer_process_fails_the_collect_graph(tmp_path: Path, capsys)
 
 
 def _small_disk() -> type:
-    """tests/teleop/small_disk.py's SmallDisk: a tmpfs to fill (tests import with --import-mode=importlib)."""
-    spec = importlib.util.spec_from_file_location("tether_tests_small_disk", Path(__file__).parents[1] / "teleop" / "small_disk.py")
+    """tests/teleop/recording/small_disk.py's SmallDisk: a tmpfs to fill (tests import with --import-mode=importlib)."""
+    path = Path(__file__).parents[1] / "teleop" / "recording" / "small_disk.py"
+    spec = importlib.util.spec_from_file_location("tether_tests_small_disk", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -274,7 +275,7 @@ def test_linger_keeps_recording_after_success(tmp_path: Path) -> None:
 
 def test_corrections_of_a_policy_are_recorded_as_rollout_then_demonstration(tmp_path: Path) -> None:
     """HG-DAgger-style: the shipped policy drives, the replayed human corrects; training aims only at the correction."""
-    from tether.policy_runtime.dataset import load_demos
+    from tether.dataset.reader import load_demos
 
     out = tmp_path / "dataset"
     # 3 s: on a loaded machine the policy's first chunk can take over a second (no frames before it).

@@ -26,7 +26,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from tether.errors import TetherError
-from tether.teleop.dataset import recover, validate
+from tether.dataset import recover, validate
 from tether_ros.conversions import (
     COMMAND_QOS,
     INTERVENTION,
@@ -43,8 +43,8 @@ H, W = 48, 64
 
 
 def _small_disk() -> type:
-    """tests/teleop/small_disk.py's SmallDisk: a tmpfs to fill (tests import with --import-mode=importlib)."""
-    path = Path(__file__).parents[1] / "teleop" / "small_disk.py"
+    """tests/teleop/recording/small_disk.py's SmallDisk: a tmpfs to fill (tests import with --import-mode=importlib)."""
+    path = Path(__file__).parents[1] / "teleop" / "recording" / "small_disk.py"
     spec = importlib.util.spec_from_file_location("tether_tests_small_disk", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

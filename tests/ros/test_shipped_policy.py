@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from tether.cli import main
-from tether.policy_runtime.manifest import check_matches_profile, load_manifest
-from tether.policy_runtime.runtime import DEFAULT_MODEL_DIR, PolicyRuntime
+from tether.policy_runtime.runtime.manifest import check_matches_profile, load_manifest
+from tether.policy_runtime.runtime.inference import DEFAULT_MODEL_DIR, PolicyRuntime
 
 
 def test_shipped_model_is_pinned_and_fits_the_robot(so101) -> None:

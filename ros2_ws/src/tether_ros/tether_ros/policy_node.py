@@ -4,7 +4,7 @@ Keeps the newest joint state and camera image of each model camera. When a
 replan is due (``replan_hz``, checked on each fresh joint state so the
 observation is microseconds old) it sends the newest observation to the
 inference thread; each resulting chunk goes through the chunk scheduler
-(``tether.policy_runtime.scheduler``) and out as a JointTrajectory on
+(``tether.policy_runtime.runtime.scheduler``) and out as a JointTrajectory on
 ``/tether/source/policy/joint_trajectory``.
 
 Stamping, as every tether source: ``header.stamp`` is the capture time of the
@@ -35,7 +35,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from tether.errors import UnknownJointError
 from tether.joint_state import JointStateError, joint_vector
-from tether.policy_runtime.runtime import (
+from tether.policy_runtime.runtime.inference import (
     DEFAULT_THREADS,
     InferenceResult,
     InferenceWorker,
@@ -44,7 +44,7 @@ from tether.policy_runtime.runtime import (
     PolicyRuntime,
     resolve_model_dir,
 )
-from tether.policy_runtime.scheduler import ChunkScheduler, SchedulerConfig
+from tether.policy_runtime.runtime.scheduler import ChunkScheduler, SchedulerConfig
 from tether.robot_profile import load_profile
 from tether_ros.conversions import (
     COMMAND_QOS,

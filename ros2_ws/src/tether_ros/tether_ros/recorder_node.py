@@ -1,8 +1,8 @@
 """Recorder node: joint states, gated commands, cameras and the intervention label into a LeRobotDataset v3.
 
-A thin adapter over ``tether.teleop.recorder.FrameSampler`` (frames driven by
+A thin adapter over ``tether.teleop.recording.recorder.FrameSampler`` (frames driven by
 camera captures, stamped with real capture times) and
-``tether.teleop.writer_process.WriterProcess``: the dataset writer (crash-safe
+``tether.teleop.recording.writer_process.WriterProcess``: the dataset writer (crash-safe
 staging, atomic commits) and the raw MCAP log run in a worker process, so this
 node, which shares its process with the twin or the cameras, only copies images
 into shared memory and never encodes under their GIL. The worker dying ends this
@@ -45,12 +45,12 @@ from trajectory_msgs.msg import JointTrajectory
 from tether.errors import TetherError, WriterProcessError
 from tether.joint_state import joint_vector
 from tether.robot_profile import load_profile
-from tether.teleop.dataset import DatasetSpec
-from tether.teleop.dataset.layout import Layout
-from tether.teleop.dataset.writer import check_on_abort
-from tether.teleop.mcap_log import TopicQos
-from tether.teleop.recorder import FrameSampler
-from tether.teleop.writer_process import WriterProcess
+from tether.dataset import DatasetSpec
+from tether.dataset.layout import Layout
+from tether.dataset.writer import check_on_abort
+from tether.teleop.recording.mcap_log import TopicQos
+from tether.teleop.recording.recorder import FrameSampler
+from tether.teleop.recording.writer_process import WriterProcess
 from tether_ros.bad_input import BadInputReport
 from tether_ros.conversions import (
     COMMAND_QOS,
