@@ -268,9 +268,10 @@ def test_linger_keeps_recording_after_success(tmp_path: Path) -> None:
     to_success = report["episode_detail"][0]["duration_s"]  # the twin's time to success, linger excluded
     frames = pq.read_table(next(out.glob("data/chunk-*/file-*.parquet"))).num_rows
     # Every frame from the twin's start (it stands still until every node is reset) to the end of the
-    # linger is in the episode, or counted as dropped: at 30 fps, one frame of slack for rounding.
+    # linger is in the episode, or counted as dropped; slack: rounding, and the two frames a camera
+    # can still hold (drawing, queued) when the session commits.
     dropped = dropped_frames(report["meta"]["recorder_commits"][0])
-    assert frames + dropped >= round((to_success + 1.5) * 30) - 1, (frames, dropped, to_success)
+    assert frames + dropped >= round((to_success + 1.5) * 30) - 3, (frames, dropped, to_success)
 
 
 def test_corrections_of_a_policy_are_recorded_as_rollout_then_demonstration(tmp_path: Path) -> None:

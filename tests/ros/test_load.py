@@ -62,12 +62,18 @@ def test_rehearse_and_collect_complete_beside_cpu_hogs(cpu_hogs: int, tmp_path: 
             assert machine["load_average_1min"]["max"] >= machine["load_average_1min"]["cpus"]
 
 
+# Frames the episode may end without: rounding, plus the two a camera can still hold when the session
+# commits (one being drawn, one queued), which belong to no episode. A start that lost the first
+# second of the episode (the reset chain on a busy machine, before the twin waited) is 30.
+IN_FLIGHT_AT_COMMIT = 3
+
+
 def _assert_every_frame_recorded_or_counted(dataset: Path, report: dict) -> None:
     """An episode holds every frame from the twin's start to its success, or counts the missing ones as dropped."""
     lengths = pq.read_table(next((dataset / "meta" / "episodes").glob("*/*.parquet"))).column("length").to_pylist()
     for length, episode, commit in zip(lengths, report["episode_detail"], report["meta"]["recorder_commits"]):
         counted = dropped_frames(commit)
-        assert length + counted >= round(episode["duration_s"] * 30) - 1, (length, counted, episode)
+        assert length + counted >= round(episode["duration_s"] * 30) - IN_FLIGHT_AT_COMMIT, (length, counted, episode)
 
 
 def _write_summary(hogs: int, reports: dict[str, dict]) -> None:
